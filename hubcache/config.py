@@ -1,0 +1,203 @@
+"""Settings, read from the environment at call time.
+
+This is the only module that reads ``os.environ``. Every setting has an
+environment variable, a default, and a line in the README's configuration
+table. ``TFHUB_*`` variables keep the meaning ``tensorflow_hub`` gives them;
+hubcache's own are prefixed ``HUBCACHE_``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass
+from typing import Mapping, Optional
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+DEFAULT_TFHUB_ENDPOINT = "https://tfhub.dev"
+DEFAULT_KAGGLE_ENDPOINT = "https://www.kaggle.com"
+DEFAULT_GCS_ENDPOINT = "https://storage.googleapis.com"
+DEFAULT_CN_MIRROR_ENDPOINT = "https://gcs.tensorflow.google.cn"
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_LOCK_TIMEOUT = 3600.0
+
+LOAD_FORMATS = ("COMPRESSED", "UNCOMPRESSED", "AUTO")
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a call needs to know about its environment, frozen at call time."""
+
+    cache_dir: str
+    offline: bool = False
+    #: "COMPRESSED" or "UNCOMPRESSED" (AUTO is read as COMPRESSED, as tensorflow_hub does).
+    load_format: str = "COMPRESSED"
+    tfhub_endpoint: str = DEFAULT_TFHUB_ENDPOINT
+    kaggle_endpoint: str = DEFAULT_KAGGLE_ENDPOINT
+    gcs_endpoint: str = DEFAULT_GCS_ENDPOINT
+    cn_mirror_endpoint: str = DEFAULT_CN_MIRROR_ENDPOINT
+    #: True/False forces the progress bar on/off; None shows it when stderr is a terminal.
+    progress: Optional[bool] = None
+    #: Seconds to wait to connect, and between two reads of the body.
+    timeout: float = DEFAULT_TIMEOUT
+    #: Seconds to wait for another process that is downloading the same handle.
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+
+
+def load_settings(
+    *,
+    cache_dir: Optional[str] = None,
+    progress: Optional[bool] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> Settings:
+    """Read the settings from ``environ`` (default ``os.environ``).
+
+    ``cache_dir`` and ``progress``, when given, win over the environment.
+    """
+    env = os.environ if environ is None else environ
+    return Settings(
+        cache_dir=_cache_dir(cache_dir, env),
+        offline=_bool(env, "HUBCACHE_OFFLINE", False),
+        load_format=_load_format(env),
+        tfhub_endpoint=_endpoint(env, "HUBCACHE_TFHUB_ENDPOINT", DEFAULT_TFHUB_ENDPOINT),
+        kaggle_endpoint=_endpoint(env, "HUBCACHE_KAGGLE_ENDPOINT", DEFAULT_KAGGLE_ENDPOINT),
+        gcs_endpoint=_endpoint(env, "HUBCACHE_GCS_ENDPOINT", DEFAULT_GCS_ENDPOINT),
+        cn_mirror_endpoint=_endpoint(
+            env, "HUBCACHE_CN_MIRROR_ENDPOINT", DEFAULT_CN_MIRROR_ENDPOINT
+        ),
+        progress=_progress(progress, env),
+        timeout=_positive_float(env, "HUBCACHE_TIMEOUT", DEFAULT_TIMEOUT),
+        lock_timeout=_positive_float(env, "HUBCACHE_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT),
+    )
+
+
+def _cache_dir(override: Optional[str], env: Mapping[str, str]) -> str:
+    raw = override or env.get("TFHUB_CACHE_DIR") or env.get("HUBCACHE_CACHE_DIR")
+    if not raw:
+        import platformdirs  # imported here: only needed when no directory is configured
+
+        raw = platformdirs.user_cache_dir("hubcache", appauthor=False)
+    return os.path.abspath(os.path.expanduser(os.fspath(raw)))
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a yes/no value: use 1 or 0 (or true/false).")
+
+
+def _progress(override: Optional[bool], env: Mapping[str, str]) -> Optional[bool]:
+    if override is not None:
+        return override
+    if _bool(env, "HUBCACHE_DISABLE_PROGRESS", False):
+        return False
+    # tensorflow_hub's switch: any value but "0", "false" or "" turns the bar on.
+    raw = env.get("TFHUB_DOWNLOAD_PROGRESS")
+    if raw is not None:
+        return raw.strip().lower() not in ("0", "false", "")
+    return None
+
+
+def _load_format(env: Mapping[str, str]) -> str:
+    raw = env.get("TFHUB_MODEL_LOAD_FORMAT", "")
+    value = raw.strip().upper() or "COMPRESSED"
+    if value not in LOAD_FORMATS:
+        raise ConfigError(
+            f"TFHUB_MODEL_LOAD_FORMAT={raw!r} is not a load format: use one of "
+            f"{', '.join(LOAD_FORMATS)} (case does not matter), or unset it."
+        )
+    return "COMPRESSED" if value == "AUTO" else value
+
+
+def _endpoint(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+        raise ConfigError(
+            f"{name}={raw!r} is not an endpoint: give an http(s) URL without a query, "
+            f"like {default}."
+        )
+    return raw.rstrip("/")
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"{name}={raw!r} must be a positive number of seconds.")
+    return value
+
+
+class KaggleCredentials:
+    """An ``Authorization`` header value for Kaggle, and where it came from.
+
+    The secret never appears in ``repr``/``str``, so it cannot leak into logs.
+    """
+
+    __slots__ = ("authorization", "source")
+
+    def __init__(self, authorization: str, source: str) -> None:
+        self.authorization = authorization
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"KaggleCredentials(from {self.source})"
+
+    __str__ = __repr__
+
+
+def kaggle_credentials(environ: Optional[Mapping[str, str]] = None) -> Optional[KaggleCredentials]:
+    """Find Kaggle credentials, in the order kagglehub looks for them.
+
+    ``KAGGLE_API_TOKEN`` (Bearer), then ``KAGGLE_USERNAME`` + ``KAGGLE_KEY``
+    (Basic), then ``kaggle.json`` in ``KAGGLE_CONFIG_DIR`` or ``~/.kaggle``.
+    Returns None when there are none (public models need none).
+    """
+    env = os.environ if environ is None else environ
+    token = env.get("KAGGLE_API_TOKEN", "").strip()
+    if token:
+        return KaggleCredentials(f"Bearer {token}", "KAGGLE_API_TOKEN")
+    user, key = env.get("KAGGLE_USERNAME", "").strip(), env.get("KAGGLE_KEY", "").strip()
+    if user and key:
+        return KaggleCredentials(_basic(user, key), "KAGGLE_USERNAME/KAGGLE_KEY")
+    config_dir = env.get("KAGGLE_CONFIG_DIR") or os.path.join(os.path.expanduser("~"), ".kaggle")
+    path = os.path.join(config_dir, "kaggle.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"Kaggle credentials file {path} could not be read ({type(e).__name__}): "
+            'fix it to hold {"username": ..., "key": ...} or remove it.'
+        ) from None
+    if not (isinstance(data, dict) and data.get("username") and data.get("key")):
+        raise ConfigError(
+            f'Kaggle credentials file {path} lacks "username" and "key": '
+            "download a fresh one from your Kaggle account settings."
+        )
+    return KaggleCredentials(_basic(str(data["username"]), str(data["key"])), path)
+
+
+def _basic(user: str, key: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{key}".encode()).decode("ascii")

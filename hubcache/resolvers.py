@@ -1,0 +1,116 @@
+"""Turn a parsed :class:`~hubcache.handles.Handle` into a plan: a local path or
+what to download (URLs, credentials, what the result must contain).
+
+Pure functions of the handle and the settings: no network, no filesystem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+from . import handles as h
+from .config import Settings
+
+FORMAT_PARAM = "tf-hub-format"
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    """The handle is a path on this machine: use it where it is."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class ArchivePlan:
+    """Download an archive and extract it into the cache.
+
+    ``urls`` are tried in order: a later one is used only when an earlier one
+    answers 404 or with a web page instead of an archive. When
+    ``credentials_origin`` is set, the Kaggle credentials (if configured) are
+    sent to URLs of that origin only, never to a host a redirect leads to.
+    """
+
+    urls: Tuple[str, ...]
+    require_saved_model: bool
+    credentials_origin: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class LocationPlan:
+    """TFHUB_MODEL_LOAD_FORMAT=UNCOMPRESSED: ask ``url`` where the model lives
+    (a ``gs://`` path in a 303 answer) and read it from there, uncached."""
+
+    url: str
+
+
+Plan = Union[LocalPlan, ArchivePlan, LocationPlan]
+
+
+def plan(handle: h.Handle, settings: Settings) -> Plan:
+    """Decide how to get ``handle``."""
+    kind = handle.kind
+    if kind == h.LOCAL:
+        return LocalPlan(handle.location)
+    require = requires_saved_model(handle)
+    if kind == h.GCS:
+        url = f"{settings.gcs_endpoint}/{quote(handle.location, safe='/')}"
+        return ArchivePlan((url,), require)
+    if kind == h.TFHUB_CN:
+        # tensorflow_hub's documented rewrite: no format query, straight to storage.
+        url = f"{settings.cn_mirror_endpoint}/tfhub-modules{handle.location}.tar.gz"
+        return ArchivePlan((url,), require)
+
+    if kind == h.TFHUB:
+        page = _join(settings.tfhub_endpoint, handle.location, handle.query)
+    elif kind == h.KAGGLE:
+        page = _join(settings.kaggle_endpoint, handle.location, handle.query)
+    else:
+        page = handle.location
+        if _is_archive_url(page):
+            # Fetched exactly as written, so pre-signed URLs keep their signature.
+            return ArchivePlan((page,), require)
+
+    if settings.load_format == "UNCOMPRESSED":
+        return LocationPlan(with_format(page, "uncompressed"))
+
+    urls: Tuple[str, ...] = (with_format(page, "compressed"),)
+    if kind == h.URL:
+        return ArchivePlan(urls, require)
+    if kind == h.KAGGLE:
+        owner, model, framework, variation, version = handle.kaggle
+        api = "/".join(quote(p, safe="") for p in (owner, model, framework, variation, version))
+        urls += (f"{settings.kaggle_endpoint}/api/v1/models/{api}/download",)
+    # tfhub.dev redirects to Kaggle, so both kinds may need the Kaggle credentials.
+    return ArchivePlan(urls, require, credentials_origin=origin(settings.kaggle_endpoint))
+
+
+def requires_saved_model(handle: h.Handle) -> bool:
+    """Whether a cache entry for ``handle`` must hold a SavedModel (plain archives need not)."""
+    return handle.kind in (h.TFHUB, h.KAGGLE, h.TFHUB_CN)
+
+
+def with_format(url: str, value: str) -> str:
+    """``url`` with ``tf-hub-format=value`` in its query (replacing any such
+    parameter, keeping the others)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != FORMAT_PARAM]
+    query.append((FORMAT_PARAM, value))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def origin(url: str) -> str:
+    """``scheme://host:port`` of ``url``, with the default port made explicit."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def _join(endpoint: str, path: str, query: str) -> str:
+    return f"{endpoint}{path}" + (f"?{query}" if query else "")
+
+
+def _is_archive_url(url: str) -> bool:
+    return urlsplit(url).path.lower().endswith(h.ARCHIVE_SUFFIXES)

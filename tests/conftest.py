@@ -1,0 +1,115 @@
+"""Shared fixtures: a loopback hub, a clean environment, a real SavedModel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Dict, Iterator
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from hubserver import FakeHub  # noqa: E402
+
+# Variables that would change hubcache's behaviour if the developer's shell set them.
+_OWN_VARS = [
+    "TFHUB_CACHE_DIR",
+    "TFHUB_MODEL_LOAD_FORMAT",
+    "TFHUB_DOWNLOAD_PROGRESS",
+    "KAGGLE_API_TOKEN",
+    "KAGGLE_USERNAME",
+    "KAGGLE_KEY",
+    "KAGGLE_CONFIG_DIR",
+]
+
+
+@pytest.fixture
+def hub() -> Iterator[FakeHub]:
+    fake = FakeHub()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def cache_dir(tmp_path) -> str:
+    return str(tmp_path / "cache")
+
+
+@pytest.fixture
+def env(monkeypatch, hub, cache_dir, tmp_path) -> Dict[str, str]:
+    """A clean environment pointing hubcache at the fake hub and a fresh cache.
+    Returns the variables set, for child processes."""
+    for name in list(os.environ):
+        if name.startswith("HUBCACHE_") or name in _OWN_VARS:
+            monkeypatch.delenv(name, raising=False)
+    kaggle_dir = tmp_path / "kaggle-config"
+    kaggle_dir.mkdir()
+    values = dict(hub.env())
+    values.update(
+        TFHUB_CACHE_DIR=cache_dir,
+        HUBCACHE_DISABLE_PROGRESS="1",
+        HUBCACHE_TIMEOUT="10",
+        KAGGLE_CONFIG_DIR=str(kaggle_dir),  # never the developer's ~/.kaggle
+        NO_PROXY="*",  # loopback never goes through a proxy
+    )
+    for k, v in values.items():
+        monkeypatch.setenv(k, v)
+    return values
+
+
+def child_env(extra: Dict[str, str]) -> Dict[str, str]:
+    """os.environ plus ``extra``, with this checkout importable."""
+    out = dict(os.environ)
+    out.update(extra)
+    out["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, HERE, out.get("PYTHONPATH", "")]))
+    return out
+
+
+def run_cli(*args: str, env: Dict[str, str], input: str = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``python -m hubcache ARGS`` in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "hubcache", *args],
+        env=child_env(env),
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _tensorflow():
+    """TensorFlow, or a skip; on CI (CI=true) a missing TensorFlow is a failure."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("TensorFlow must be installed on CI: pip install -e '.[tf,test]'")
+        pytest.skip("TensorFlow is not installed (pip install -e '.[tf,test]')")
+    return tf
+
+
+@pytest.fixture(scope="session")
+def tf():
+    return _tensorflow()
+
+
+@pytest.fixture(scope="session")
+def saved_model_dir(tmp_path_factory, tf) -> str:
+    """A real SavedModel: f(x) = 3x + 1, with a variable and a traced __call__."""
+    path = str(tmp_path_factory.mktemp("savedmodel") / "affine")
+
+    class Affine(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = tf.Variable(3.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def __call__(self, x):
+            return x * self.scale + 1.0
+
+    tf.saved_model.save(Affine(), path)
+    return path

@@ -1,0 +1,342 @@
+"""A loopback stand-in for tfhub.dev, Kaggle and cloud storage.
+
+Three real HTTP servers, each in a thread of the test process:
+
+* ``tfhub`` (127.0.0.1) answers ``/<publisher>/<model>/<version>?tf-hub-format=compressed``
+  with a redirect to Kaggle, as tfhub.dev does since the migration, ``...=uncompressed``
+  with a 303 whose body is a ``gs://`` path, and no format with an HTML page.
+* ``kaggle`` (127.0.0.1) answers model URLs (short and long form, framework in
+  any case) and ``/api/v1/models/.../download`` with a redirect to a signed storage
+  URL; gated models need the right ``Authorization`` header.
+* ``storage`` (127.0.0.2: another host) serves blobs with Content-Length,
+  ``x-goog-hash: md5=...`` and HTTP Range.
+
+Every request is logged (``server.log``, ``server.count(path)``), and faults can
+be armed per path: an error status (with Retry-After), a connection cut after N
+bytes, a stall, throttling, a wrong Content-Length, Range ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Dict, List, Optional
+from urllib.parse import parse_qsl, urlsplit
+
+
+@dataclass
+class Request:
+    server: str
+    method: str
+    path: str
+    query: Dict[str, str]
+    headers: Dict[str, str]  # lower-case names
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b""
+    headers: Dict[str, str] = field(default_factory=dict)
+    blob: bool = False  # serve ``body`` as an object: Range, hashes, faults
+
+
+@dataclass
+class Fault:
+    """Misbehaviour armed on a path. ``times`` limits it to that many requests."""
+
+    status: Optional[int] = None  # answer this status instead of the content
+    retry_after: Optional[str] = None
+    cut_after: Optional[int] = None  # close the connection after N body bytes
+    stall_after: Optional[int] = None  # go silent after N body bytes...
+    stall_seconds: float = 60.0  # ...for this long, then close
+    bytes_per_second: Optional[int] = None  # throttle the body
+    content_length: Optional[int] = None  # announce this length instead of the real one
+    ignore_range: bool = False
+    times: Optional[int] = None
+
+
+Route = Callable[[Request], Reply]
+
+
+class HubServer:
+    """One loopback HTTP server with exact-path routes."""
+
+    def __init__(self, name: str, host: str = "127.0.0.1", lower_case_paths: bool = False) -> None:
+        self.name = name
+        self.routes: Dict[str, Route] = {}
+        self.faults: Dict[str, Fault] = {}
+        self.log: List[Request] = []
+        self._lower = lower_case_paths
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer((host, 0), _Handler)
+        self._httpd.daemon_threads = True
+        self._httpd.block_on_close = False
+        self._httpd.hub = self  # type: ignore[attr-defined]
+        host, port = self._httpd.server_address[:2]
+        self.url = f"http://{host}:{port}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def route(self, path: str, handler: Route) -> None:
+        self.routes[self._key(path)] = handler
+
+    def put(self, path: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        """Serve ``data`` at ``path`` as a blob; returns its URL."""
+        self.route(path, lambda req: Reply(body=data, headers={"Content-Type": content_type}, blob=True))
+        return self.url + path
+
+    def fault(self, path: str, **kwargs: object) -> Fault:
+        f = Fault(**kwargs)  # type: ignore[arg-type]
+        self.faults[self._key(path)] = f
+        return f
+
+    def count(self, path: Optional[str] = None) -> int:
+        with self._lock:
+            return sum(1 for r in self.log if path is None or r.path == path)
+
+    def requests_to(self, path: str) -> List[Request]:
+        with self._lock:
+            return [r for r in self.log if r.path == path]
+
+    def _key(self, path: str) -> str:
+        return path.lower() if self._lower else path
+
+    def _record(self, req: Request) -> None:
+        with self._lock:
+            self.log.append(req)
+
+    def _take_fault(self, path: str) -> Optional[Fault]:
+        with self._lock:
+            f = self.faults.get(self._key(path))
+            if f is None:
+                return None
+            if f.times is not None:
+                if f.times <= 0:
+                    return None
+                f.times -= 1
+            return f
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "hubserver/1"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - silence
+        pass
+
+    def do_HEAD(self) -> None:
+        self._serve(head=True)
+
+    def do_GET(self) -> None:
+        self._serve(head=False)
+
+    def _serve(self, head: bool) -> None:
+        hub: HubServer = self.server.hub  # type: ignore[attr-defined]
+        parts = urlsplit(self.path)
+        req = Request(
+            hub.name,
+            self.command,
+            parts.path,
+            dict(parse_qsl(parts.query, keep_blank_values=True)),
+            {k.lower(): v for k, v in self.headers.items()},
+        )
+        hub._record(req)
+        fault = hub._take_fault(parts.path)
+        if fault and fault.status:
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            return self._send(Reply(fault.status, b"injected failure\n", headers), head)
+        route = hub.routes.get(hub._key(parts.path))
+        reply = route(req) if route else Reply(404, b"not found\n", {"Content-Type": "text/plain"})
+        if reply.blob:
+            return self._send_blob(reply, req, fault, head)
+        self._send(reply, head)
+
+    def _send(self, reply: Reply, head: bool) -> None:
+        self.send_response(reply.status)
+        for k, v in reply.headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(reply.body)
+
+    def _send_blob(self, reply: Reply, req: Request, fault: Optional[Fault], head: bool) -> None:
+        data = reply.body
+        total = len(data)
+        start, end = 0, total  # [start, end)
+        status = 200
+        wanted = req.headers.get("range")
+        if wanted and not (fault and fault.ignore_range):
+            m = re.fullmatch(r"bytes=(\d+)-(\d*)", wanted.strip())
+            if not m or int(m.group(1)) >= total:
+                return self._send(Reply(416, b"", {"Content-Range": f"bytes */{total}"}), head)
+            start = int(m.group(1))
+            end = min(total, int(m.group(2)) + 1) if m.group(2) else total
+            status = 206
+        body = data[start:end]
+        self.send_response(status)
+        for k, v in reply.headers.items():
+            self.send_header(k, v)
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+        self.send_header("x-goog-hash", f"md5={md5}")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{total}")
+        announced = fault.content_length if fault and fault.content_length is not None else len(body)
+        self.send_header("Content-Length", str(announced))
+        self.end_headers()
+        if head:
+            return
+        self._write_body(body, fault)
+
+    def _write_body(self, body: bytes, fault: Optional[Fault]) -> None:
+        step = 64 * 1024
+        sent = 0
+        began = time.monotonic()
+        limit = len(body)
+        if fault and fault.cut_after is not None:
+            limit = min(limit, fault.cut_after)
+        if fault and fault.stall_after is not None:
+            limit = min(limit, fault.stall_after)
+        try:
+            while sent < limit:
+                piece = body[sent : min(limit, sent + step)]
+                self.wfile.write(piece)
+                sent += len(piece)
+                if fault and fault.bytes_per_second:
+                    ahead = sent / fault.bytes_per_second - (time.monotonic() - began)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            self.wfile.flush()
+            if fault and fault.stall_after is not None and sent >= fault.stall_after:
+                time.sleep(fault.stall_seconds)
+            if fault and (fault.cut_after is not None or fault.stall_after is not None) and sent < len(body):
+                self._cut()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _cut(self) -> None:
+        """Drop the connection abruptly, mid-body."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class FakeHub:
+    """tfhub.dev, Kaggle and storage on loopback, wired together as the real ones are."""
+
+    BUCKET = "kaggle-models"
+
+    def __init__(self) -> None:
+        self.tfhub = HubServer("tfhub")
+        self.kaggle = HubServer("kaggle", lower_case_paths=True)
+        self.storage = HubServer("storage", host="127.0.0.2")
+        self.kaggle.route("/models", lambda req: _html("Kaggle Models: browse all models"))
+
+    @property
+    def servers(self) -> List[HubServer]:
+        return [self.tfhub, self.kaggle, self.storage]
+
+    def stop(self) -> None:
+        for s in self.servers:
+            s.stop()
+
+    def env(self) -> Dict[str, str]:
+        """Environment that points hubcache's endpoints here."""
+        return {
+            "HUBCACHE_TFHUB_ENDPOINT": self.tfhub.url,
+            "HUBCACHE_KAGGLE_ENDPOINT": self.kaggle.url,
+            "HUBCACHE_GCS_ENDPOINT": self.storage.url,
+            "HUBCACHE_CN_MIRROR_ENDPOINT": self.storage.url,
+        }
+
+    def total_requests(self) -> int:
+        return sum(s.count() for s in self.servers)
+
+    def publish_kaggle(
+        self, model: str, archive: bytes, *, authorization: Optional[str] = None
+    ) -> str:
+        """Publish ``owner/model/framework/variation/version``; returns the storage path.
+
+        With ``authorization``, the Kaggle routes answer 403 unless that exact
+        ``Authorization`` header is sent (a gated model)."""
+        owner, name, framework, variation, version = model.split("/")
+        blob = f"/{self.BUCKET}/{model}/model.tar.gz"
+        location = self.gs_location(model)
+        self.storage.put(blob, archive)
+        signed = f"{self.storage.url}{blob}?X-Goog-Signature=deadbeef&X-Goog-Expires=600"
+
+        def model_page(req: Request) -> Reply:
+            if authorization and req.headers.get("authorization") != authorization:
+                return Reply(403, b'{"message": "Permission denied"}', {"Content-Type": "application/json"})
+            fmt = req.query.get("tf-hub-format")
+            if fmt == "compressed":
+                return Reply(302, headers={"Location": signed})
+            if fmt == "uncompressed":
+                return Reply(303, location.encode())
+            return _html(f"Kaggle model page of {model}")
+
+        def api_download(req: Request) -> Reply:
+            if authorization and req.headers.get("authorization") != authorization:
+                return Reply(403, b'{"message": "Permission denied"}', {"Content-Type": "application/json"})
+            return Reply(302, headers={"Location": signed})
+
+        self.kaggle.route(f"/models/{owner}/{name}/{framework}/{variation}/{version}", model_page)
+        self.kaggle.route(
+            f"/models/{owner}/{name}/frameworks/{framework}/variations/{variation}/versions/{version}",
+            model_page,
+        )
+        self.kaggle.route(f"/api/v1/models/{owner}/{name}/{framework}/{variation}/{version}/download", api_download)
+        return blob
+
+    def publish_tfhub(self, handle_path: str, archive: bytes, *, kaggle: Optional[str] = None) -> str:
+        """Publish ``publisher/model/version`` on tfhub, migrated to Kaggle as
+        ``kaggle`` (default ``publisher/model/tensorFlow2/model/version``).
+        Returns the storage path of the archive."""
+        segments = handle_path.split("/")
+        publisher, model, version = segments[0], "-".join(segments[1:-1]), segments[-1]
+        kaggle = kaggle or f"{publisher}/{model}/tensorFlow2/{model}/{version}"
+        blob = self.publish_kaggle(kaggle, archive)
+        o, m, f, v, n = kaggle.split("/")
+        long_form = f"/models/{o}/{m}/frameworks/{f}/variations/{v}/versions/{n}"
+
+        def tfhub_page(req: Request) -> Reply:
+            fmt = req.query.get("tf-hub-format")
+            if fmt == "uncompressed":
+                return Reply(303, self.gs_location(kaggle).encode())
+            if fmt:
+                return Reply(302, headers={"Location": f"{self.kaggle.url}{long_form}?tfhub-redirect=true&tf-hub-format={fmt}"})
+            return _html(f"tfhub.dev page of {handle_path}")
+
+        self.tfhub.route(f"/{handle_path}", tfhub_page)
+        return blob
+
+    def gs_location(self, kaggle_model: str) -> str:
+        """Where the uncompressed protocol says a Kaggle model lives."""
+        return f"gs://{self.BUCKET}/{kaggle_model}/uncompressed"
+
+    def remove_tfhub(self, handle_path: str) -> None:
+        """A model that was never migrated: tfhub redirects to the Kaggle listing."""
+        self.tfhub.route(
+            f"/{handle_path}",
+            lambda req: Reply(302, headers={"Location": f"{self.kaggle.url}/models?tfhub-redirect=true"}),
+        )
+
+
+def _html(text: str) -> Reply:
+    page = f"<!DOCTYPE html><html><body><h1>{text}</h1></body></html>".encode()
+    return Reply(200, page, {"Content-Type": "text/html; charset=utf-8"})
