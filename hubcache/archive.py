@@ -75,22 +75,17 @@ def extract(chunks: Iterable[bytes], dest: str, *, handle: str) -> Extracted:
             "corrupt or truncated; try again, and if it persists report it to the publisher.",
             handle=handle,
         ) from None
-    except zlib.error as e:
-        raise _corrupt(handle, "gzip", e) from None
-    except lzma.LZMAError as e:
-        raise _corrupt(handle, "xz", e) from None
-    except EOFError as e:  # bz2 raises this for truncated streams
-        raise _corrupt(handle, "bz2", e) from None
+    # tarfile takes a stream that stops at a member boundary, or inside a
+    # header, for the end of the archive: only the end-of-archive marker (zero
+    # blocks) tells a complete archive from a truncated one.
+    if not stream.ended_with_zero_block():
+        raise ArchiveError(
+            f"the archive for {handle} ends without tar's end-of-archive marker: it was cut "
+            "short. Try again; if it persists, the published archive is incomplete.",
+            handle=handle,
+        )
     writer.check_links()
     return writer.result
-
-
-def _corrupt(handle: str, fmt: str, e: BaseException) -> ArchiveError:
-    return ArchiveError(
-        f"the archive for {handle} has corrupt {fmt} data ({e}): the download is damaged; "
-        "try again.",
-        handle=handle,
-    )
 
 
 class _Decompressed:
@@ -101,6 +96,7 @@ class _Decompressed:
         self._handle = handle
         self._buffer = b""  # raw bytes not yet fed (or, for plain tar, not yet read)
         self._ended = False
+        self._tail = b""  # the last bytes handed out, to check for the end-of-archive marker
         self._magic, self._new_decoder = _format_of(self._peek(512), handle)
         self._decoder = self._new_decoder() if self._new_decoder else None
         self._started = False  # whether the current decoder was fed anything
@@ -123,9 +119,16 @@ class _Decompressed:
                 return chunk
         return b""
 
+    def ended_with_zero_block(self) -> bool:
+        return len(self._tail) == 512 and not self._tail.strip(b"\0")
+
     def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            n = READ_SIZE
+        data = self._read(READ_SIZE if n is None or n < 0 else n)
+        if data:
+            self._tail = data[-512:] if len(data) >= 512 else (self._tail + data)[-512:]
+        return data
+
+    def _read(self, n: int) -> bytes:
         if self._decoder is None:
             if not self._buffer:
                 self._buffer = self._next_input()
@@ -147,7 +150,15 @@ class _Decompressed:
                 self._ended = True
                 break
             self._started = True
-            out = decoder.decompress(data, n)
+            try:
+                out = decoder.decompress(data, n)
+            except (zlib.error, lzma.LZMAError, OSError, EOFError) as e:
+                name = {_GZIP_MAGIC: "gzip", _BZ2_MAGIC: "bz2"}.get(self._magic, "xz")
+                raise ArchiveError(
+                    f"the archive for {self._handle} has corrupt {name} data ({e}): the "
+                    "download is damaged; try again.",
+                    handle=self._handle,
+                ) from None
             if out:
                 return out
         return b""

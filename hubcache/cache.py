@@ -273,8 +273,8 @@ def _check_files(directory: str, marker: str, require_saved_model: bool) -> Opti
 
 
 def _check_content(directory: str, files: Dict[str, int], require_saved_model: bool) -> Optional[str]:
-    if not files and not os.listdir(directory):
-        return "is empty"
+    if not files:
+        return "holds no files"
     if require_saved_model and not any(name in files for name in SAVED_MODEL_FILES):
         return "has no saved_model.pb at its root"
     return None

@@ -81,7 +81,9 @@ class HubServer:
         self._httpd.hub = self  # type: ignore[attr-defined]
         host, port = self._httpd.server_address[:2]
         self.url = f"http://{host}:{port}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name=name, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, name=name, daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
