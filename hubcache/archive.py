@@ -231,6 +231,11 @@ def _format_of(head: bytes, handle: str) -> "tuple[bytes, Optional[_Decoder]]":
     )
 
 
+def is_compressed(head: bytes) -> bool:
+    """Whether ``head`` starts like gzip, bz2 or xz data."""
+    return any(head.startswith(magic) for magic, _ in _COMPRESSED_FORMATS)
+
+
 def _is_tar_header(block: bytes) -> bool:
     if len(block) < 512:
         return False

@@ -25,6 +25,7 @@ import requests
 import urllib3
 
 from ._version import __version__
+from .archive import is_compressed
 from .config import KaggleCredentials, Settings, kaggle_credentials
 from .errors import DownloadError
 from .resolvers import ArchivePlan, LocationPlan, origin
@@ -91,10 +92,12 @@ class Body:
         return self._hash.hexdigest()
 
     def is_web_page(self) -> bool:
+        """Markup where an archive was expected (no archive starts with '<'); the
+        Content-Type is believed only when the bytes are not compressed data."""
+        if self._first.lstrip()[:1] == b"<":
+            return True
         content_type = self._response.headers.get("Content-Type", "").lower()
-        return content_type.startswith(("text/html", "application/xhtml")) or self._first.lstrip()[
-            :1
-        ] == b"<"
+        return content_type.startswith(("text/html", "application/xhtml")) and not is_compressed(self._first)
 
     def chunks(self) -> Iterator[bytes]:
         bar = _progress_bar(self.size, self.handle, self._settings)
@@ -117,8 +120,13 @@ class Body:
             )
 
     def _read(self) -> bytes:
+        raw = self._response.raw
         try:
-            return self._response.raw.read(CHUNK_SIZE, decode_content=False)
+            # read1 (urllib3 2) hands over what has arrived instead of waiting for a
+            # whole chunk, so a failure loses nothing already received.
+            if hasattr(raw, "read1"):
+                return raw.read1(CHUNK_SIZE, decode_content=False)
+            return raw.read(CHUNK_SIZE, decode_content=False)
         except _READ_ERRORS as e:
             raise DownloadError(
                 f"the download of {self.handle} from {redact(self.url)} failed after "

@@ -353,3 +353,59 @@ def test_prefetch_goes_on_past_failures(env, hub, cache_dir):
     assert e.value.paths == {TFHUB: entry(cache_dir, TFHUB)}
     assert list(e.value.errors) == [bad] and isinstance(e.value.errors[bad], hubcache.DownloadError)
     assert hubcache.prefetch([TFHUB]) == {TFHUB: entry(cache_dir, TFHUB)}
+
+
+def test_archive_served_as_text_html_is_still_an_archive(env, hub):
+    hub.storage.put("/mislabelled.tar.gz", make_tar([("a", b"1")]), content_type="text/html")
+    assert read_tree(hubcache.resolve(hub.storage.url + "/mislabelled.tar.gz")) == {"a": b"1"}
+
+
+def test_stalled_download_times_out(env, hub, monkeypatch, cache_dir):
+    blob = hub.publish_tfhub("google/tiny/1", fake_saved_model())
+    hub.storage.fault(blob, stall_after=1000, stall_seconds=5)
+    monkeypatch.setenv("HUBCACHE_TIMEOUT", "0.5")
+    with pytest.raises(hubcache.DownloadError, match=r"failed after 1000 of \d+ bytes: no data for 0.5 s"):
+        hubcache.resolve(TFHUB)
+    assert not os.path.exists(entry(cache_dir, TFHUB))
+
+
+def test_lock_held_by_another_process_times_out_then_dies(env, hub, monkeypatch, cache_dir):
+    import subprocess
+    import sys
+    import time
+
+    from conftest import child_env
+
+    hub.publish_tfhub("google/tiny/1", fake_saved_model())
+    os.makedirs(cache_dir)
+    lock = entry(cache_dir, TFHUB) + ".hubcache.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import time, filelock; lock = filelock.FileLock({lock!r}); lock.acquire(); print('held', flush=True); time.sleep(60)"],
+        env=child_env({}),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setenv("HUBCACHE_LOCK_TIMEOUT", "0.5")
+        with pytest.raises(hubcache.CacheLockTimeout, match="HUBCACHE_LOCK_TIMEOUT") as e:
+            hubcache.resolve(TFHUB)
+        assert isinstance(e.value, TimeoutError) and lock in str(e.value)
+        holder.kill()  # kill -9: the OS drops the lock at once
+        holder.wait()
+        started = time.monotonic()
+        monkeypatch.setenv("HUBCACHE_LOCK_TIMEOUT", "30")
+        assert read_tree(hubcache.resolve(TFHUB)) == fake_saved_model_files()
+        assert time.monotonic() - started < 5
+    finally:
+        holder.kill()
+
+
+def test_proxy_from_the_environment_is_used(env, hub, monkeypatch):
+    # The storage server plays the proxy: a proxied request names the full URL.
+    monkeypatch.setenv("HTTP_PROXY", hub.storage.url)
+    monkeypatch.setenv("NO_PROXY", "")
+    with pytest.raises(hubcache.DownloadError, match="HTTP 404"):
+        hubcache.resolve(TFHUB)
+    assert hub.tfhub.count() == 0
+    assert [r.path for r in hub.storage.log] == ["/google/tiny/1"]
