@@ -23,6 +23,11 @@ DEFAULT_GCS_ENDPOINT = "https://storage.googleapis.com"
 DEFAULT_CN_MIRROR_ENDPOINT = "https://gcs.tensorflow.google.cn"
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_LOCK_TIMEOUT = 3600.0
+DEFAULT_MAX_RETRIES = 5
+DEFAULT_BACKOFF = 1.0
+DEFAULT_MAX_SIZE = 100 << 30  # bytes extracted from one archive
+DEFAULT_MAX_FILES = 1_000_000  # members of one archive
+DEFAULT_MAX_RATIO = 250  # extracted bytes per downloaded byte, past MAX_RATIO_FLOOR
 
 LOAD_FORMATS = ("COMPRESSED", "UNCOMPRESSED", "AUTO")
 
@@ -48,6 +53,14 @@ class Settings:
     timeout: float = DEFAULT_TIMEOUT
     #: Seconds to wait for another process that is downloading the same handle.
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    #: Failed attempts in a row (no new bytes in between) before giving up.
+    max_retries: int = DEFAULT_MAX_RETRIES
+    #: First wait between attempts, in seconds; doubled each time, with jitter.
+    backoff: float = DEFAULT_BACKOFF
+    #: Bounds on one archive: bytes extracted, members, and compression ratio (0: no bound).
+    max_size: int = DEFAULT_MAX_SIZE
+    max_files: int = DEFAULT_MAX_FILES
+    max_ratio: float = DEFAULT_MAX_RATIO
 
 
 def load_settings(
@@ -74,6 +87,11 @@ def load_settings(
         progress=_progress(progress, env),
         timeout=_positive_float(env, "HUBCACHE_TIMEOUT", DEFAULT_TIMEOUT),
         lock_timeout=_positive_float(env, "HUBCACHE_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT),
+        max_retries=int(_number(env, "HUBCACHE_MAX_RETRIES", DEFAULT_MAX_RETRIES, integer=True)),
+        backoff=_number(env, "HUBCACHE_BACKOFF", DEFAULT_BACKOFF),
+        max_size=_size(env, "HUBCACHE_MAX_SIZE", DEFAULT_MAX_SIZE),
+        max_files=int(_number(env, "HUBCACHE_MAX_FILES", DEFAULT_MAX_FILES, integer=True)),
+        max_ratio=_number(env, "HUBCACHE_MAX_RATIO", DEFAULT_MAX_RATIO),
     )
 
 
@@ -144,6 +162,40 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
         value = -1.0
     if not value > 0:
         raise ConfigError(f"{name}={raw!r} must be a positive number of seconds.")
+    return value
+
+
+def _number(env: Mapping[str, str], name: str, default: float, integer: bool = False) -> float:
+    """A number >= 0 (0 where allowed means "none"/"off")."""
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        kind = "whole number" if integer else "number"
+        raise ConfigError(f"{name}={raw!r} must be a {kind} >= 0.")
+    return value
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(env: Mapping[str, str], name: str, default: int) -> int:
+    """A byte count, with an optional K/M/G/T suffix (powers of 1024): "20G"."""
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    text = raw.strip().upper().removesuffix("B").removesuffix("I")
+    unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
+    try:
+        value = int(float(text[: len(text) - len(unit)]) * _SIZE_UNITS[unit])
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be a size such as 500M or 20G.")
     return value
 
 

@@ -1,4 +1,4 @@
-"""HTTP: one ``requests`` session per fetch, redirects followed by hand, bodies streamed.
+"""HTTP: redirects followed by hand, retries with backoff, bodies streamed and resumed.
 
 Redirects are followed here rather than by ``requests`` so that the Kaggle
 ``Authorization`` header is attached to each hop by one rule: only when the
@@ -6,19 +6,30 @@ hop's origin is the Kaggle endpoint's. A signed storage URL never sees it.
 Proxies and the CA bundle come from the environment as ``requests`` reads them
 (``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``, ...).
 
-URLs in messages and logs are shown without their query strings, which may
-carry signatures.
+Failures are retried: connection errors, timeouts and HTTP 408/429/5xx, with
+exponential backoff and jitter, or after ``Retry-After`` when the server says.
+A body cut short is resumed with ``Range`` from the byte reached; a server that
+ignores ``Range`` is read again from the start, skipping what was received, so
+the consumer sees one seamless stream either way. ``max_retries`` failures in
+a row, with no new bytes in between, give up.
+
+URLs in messages and logs are shown without query values, which may be
+signatures.
 """
 
 from __future__ import annotations
 
+import base64
+import email.utils
 import hashlib
 import http.client
 import logging
+import random
 import re
 import sys
+import time
 from contextlib import contextmanager
-from typing import Iterator, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 import requests
@@ -26,17 +37,23 @@ import urllib3
 
 from ._version import __version__
 from .archive import is_compressed
-from .config import KaggleCredentials, Settings, kaggle_credentials
-from .errors import DownloadError
+from .config import Settings, kaggle_credentials
+from .errors import DownloadError, IntegrityError
 from .resolvers import ArchivePlan, LocationPlan, origin
 
 log = logging.getLogger("hubcache")
 
 CHUNK_SIZE = 1 << 20
 MAX_REDIRECTS = 10
-_READ_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
-
-
+MAX_DELAY = 60.0  # longest wait between two attempts, in seconds
+MAX_RETRY_AFTER = 300.0  # a longer Retry-After is reported, not waited for
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_READ_ERRORS = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+)
 _PUBLIC_PARAMS = frozenset({"tf-hub-format", "tfhub-redirect"})
 
 
@@ -55,36 +72,113 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{host}{parts.path}" + ("?" + "&".join(shown) if shown else "")
 
 
-def new_session() -> requests.Session:
-    session = requests.Session()
-    session.headers["User-Agent"] = f"hubcache/{__version__}"
-    # Ask for the bytes as stored: archives are compressed already, and an
-    # on-the-fly encoding would make byte ranges meaningless.
-    session.headers["Accept-Encoding"] = "identity"
-    return session
+class Transport:
+    """The HTTP side of one fetch: a session, the credentials rule, and the
+    count of failed attempts in a row that :meth:`failed` enforces."""
+
+    def __init__(self, handle: str, settings: Settings, credentials_origin: Optional[str]) -> None:
+        self.handle = handle
+        self.settings = settings
+        self.credentials = kaggle_credentials() if credentials_origin else None
+        self.credentials_origin = credentials_origin
+        self.failures = 0  # failed attempts since the last new byte
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = f"hubcache/{__version__}"
+        # The bytes as stored: archives are compressed already, and an
+        # on-the-fly encoding would make byte ranges meaningless.
+        self.session.headers["Accept-Encoding"] = "identity"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def get(self, url: str, headers: Optional[Dict[str, str]] = None) -> Tuple[requests.Response, str]:
+        """GET ``url``, following redirects and retrying transient failures.
+        Returns the final answer (any status that is not worth retrying) and its URL."""
+        while True:
+            try:
+                response, final_url = self._follow(url, headers or {})
+            except requests.RequestException as e:
+                self.failed(f"{redact(url)} did not answer ({_reason(e, self.settings)})", None, url)
+                continue
+            status = response.status_code
+            if status not in RETRY_STATUSES:
+                return response, final_url
+            retry_after = _retry_after(response.headers.get("Retry-After"))
+            response.close()
+            if retry_after is not None and retry_after > MAX_RETRY_AFTER:
+                raise _http_error(status, final_url, self, f" The server asks to wait {retry_after:.0f} s.")
+            self.failed(f"HTTP {status} from {redact(final_url)}", retry_after, final_url, status)
+
+    def failed(self, problem: str, retry_after: Optional[float], url: str, status: Optional[int] = None) -> None:
+        """Count a failed attempt: wait before the next, or give up."""
+        self.failures += 1
+        limit = self.settings.max_retries
+        if self.failures > limit:
+            if status is not None:
+                raise _http_error(status, url, self, f" Gave up after {limit} retries.")
+            raise DownloadError(
+                f"could not download {self.handle}: {problem}; gave up after {limit} retries. "
+                "Check the network (and HTTPS_PROXY / REQUESTS_CA_BUNDLE if you use them) and "
+                "try again, or set HUBCACHE_OFFLINE=1 to use only the cache.",
+                handle=self.handle,
+                url=redact(url),
+                status=status,
+            )
+        if retry_after is None:
+            delay = min(MAX_DELAY, self.settings.backoff * 2 ** (self.failures - 1))
+            delay *= random.uniform(0.5, 1.0)  # jitter: racing clients spread out
+        else:
+            delay = retry_after
+        log.warning("%s: %s; retrying in %.1f s (%d of %d)", self.handle, problem, delay, self.failures, limit)
+        time.sleep(delay)
+
+    def _follow(self, url: str, headers: Dict[str, str]) -> Tuple[requests.Response, str]:
+        for _ in range(MAX_REDIRECTS + 1):
+            hop_headers = dict(headers)
+            if self.credentials is not None and origin(url) == self.credentials_origin:
+                hop_headers["Authorization"] = self.credentials.authorization
+            response = self.session.get(
+                url,
+                headers=hop_headers,
+                stream=True,
+                allow_redirects=False,
+                timeout=(self.settings.timeout, self.settings.timeout),
+            )
+            if not response.is_redirect:
+                return response, url
+            url = urljoin(url, response.headers["Location"])
+            response.close()
+        raise DownloadError(
+            f"could not download {self.handle}: more than {MAX_REDIRECTS} redirects (last to "
+            f"{redact(url)}). The server is misconfigured; report it to the model's publisher.",
+            handle=self.handle,
+            url=redact(url),
+        )
+
+
+class _ReadFailed(Exception):
+    """Reading the body failed; ``args[0]`` says how."""
 
 
 class Body:
     """An archive download in progress. Iterate :meth:`chunks` once; afterwards
-    ``sha256`` and ``bytes_read`` describe every byte received."""
+    ``sha256`` and ``bytes_read`` describe every byte of the archive."""
 
-    def __init__(
-        self,
-        response: requests.Response,
-        requested_url: str,
-        url: str,
-        handle: str,
-        settings: Settings,
-    ) -> None:
-        self.requested_url = requested_url
+    def __init__(self, transport: Transport, response: requests.Response, requested_url: str, url: str) -> None:
+        self.requested_url = requested_url  # where the chain of redirects starts
         self.url = url  # the URL that answered, after redirects
-        self.handle = handle
-        length = response.headers.get("Content-Length", "")
-        self.size: Optional[int] = int(length) if length.isdigit() else None
+        self.handle = transport.handle
         self.bytes_read = 0
-        self._hash = hashlib.sha256()
+        self._transport = transport
         self._response = response
-        self._settings = settings
+        headers = response.headers
+        length = headers.get("Content-Length", "")
+        self.size: Optional[int] = int(length) if length.isdigit() else None
+        self._etag = headers.get("ETag")
+        self._hash = hashlib.sha256()
+        self._md5_expected = _goog_md5(headers.get("x-goog-hash", ""))
+        self._md5 = hashlib.md5() if self._md5_expected else None
+        self._skip = 0  # bytes to drop after a restart from zero
         self._first = self._read()  # peeked, to tell a web page from an archive
 
     @property
@@ -99,82 +193,158 @@ class Body:
         content_type = self._response.headers.get("Content-Type", "").lower()
         return content_type.startswith(("text/html", "application/xhtml")) and not is_compressed(self._first)
 
+    def close(self) -> None:
+        self._response.close()
+
     def chunks(self) -> Iterator[bytes]:
-        bar = _progress_bar(self.size, self.handle, self._settings)
+        bar = _progress_bar(self.size, self.handle, self._transport.settings)
+        data = self._first
         try:
-            data = self._first
-            while data:
-                self.bytes_read += len(data)
-                self._hash.update(data)
-                bar.update(len(data))
-                yield data
-                data = self._read()
+            while True:
+                if data:
+                    self._transport.failures = 0  # progress: the count starts over
+                    self.bytes_read += len(data)
+                    self._hash.update(data)
+                    if self._md5 is not None:
+                        self._md5.update(data)
+                    bar.update(len(data))
+                    yield data
+                try:
+                    data = self._read()
+                    if data:
+                        continue
+                    if self.size is None or self.bytes_read >= self.size:
+                        break
+                    problem = "the connection was closed early"
+                except _ReadFailed as e:
+                    data, problem = b"", str(e)
+                self._resume(problem)
         finally:
             bar.close()
-        if self.size is not None and self.bytes_read != self.size:
-            raise DownloadError(
-                f"the download of {self.handle} from {redact(self.url)} ended after "
-                f"{self.bytes_read} of {self.size} bytes: try again.",
-                handle=self.handle,
-                url=redact(self.url),
-            )
+        self._check_md5()
 
     def _read(self) -> bytes:
         raw = self._response.raw
-        try:
-            # read1 (urllib3 2) hands over what has arrived instead of waiting for a
-            # whole chunk, so a failure loses nothing already received.
-            if hasattr(raw, "read1"):
-                return raw.read1(CHUNK_SIZE, decode_content=False)
-            return raw.read(CHUNK_SIZE, decode_content=False)
-        except _READ_ERRORS as e:
-            raise DownloadError(
-                f"the download of {self.handle} from {redact(self.url)} failed after "
-                f"{self.bytes_read} of {self.size or 'unknown'} bytes: {_reason(e, self._settings)}. "
-                "Try again.",
-                handle=self.handle,
-                url=redact(self.url),
-            ) from None
+        while True:
+            try:
+                # read1 (urllib3 2) hands over what has arrived instead of waiting
+                # for a whole chunk, so a failure loses nothing already received.
+                if hasattr(raw, "read1"):
+                    data = raw.read1(CHUNK_SIZE, decode_content=False)
+                else:
+                    data = raw.read(CHUNK_SIZE, decode_content=False)
+            except _READ_ERRORS as e:
+                raise _ReadFailed(_reason(e, self._transport.settings)) from None
+            if not self._skip or not data:
+                return data
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                continue
+            data, self._skip = data[self._skip :], 0
+            return data
+
+    def _resume(self, problem: str) -> None:
+        """Reconnect after ``problem`` and continue at ``bytes_read``."""
+        total = self.size if self.size is not None else "unknown"
+        self._transport.failed(
+            f"the download stopped after {self.bytes_read} of {total} bytes ({problem})", None, self.url
+        )
+        self._response.close()
+        headers = {"Range": f"bytes={self.bytes_read}-"}
+        if self._etag:
+            headers["If-Range"] = self._etag  # a changed archive comes back whole (200)
+        # From the start of the chain: a signed storage URL may have expired.
+        response, url = self._transport.get(self.requested_url, headers)
+        status = response.status_code
+        if status == 206:
+            start, full = _content_range(response.headers.get("Content-Range", ""))
+            if start != self.bytes_read or (self.size is not None and full not in (None, self.size)):
+                response.close()
+                raise DownloadError(
+                    f"the download of {self.handle} cannot resume: {redact(url)} answered a "
+                    f"request for bytes {self.bytes_read}- with a different range. Try again.",
+                    handle=self.handle,
+                    url=redact(url),
+                )
+            self.size = full if full is not None else self.size
+        elif status == 200:
+            length = response.headers.get("Content-Length", "")
+            new_size = int(length) if length.isdigit() else None
+            etag = response.headers.get("ETag")
+            if (self._etag and etag and etag != self._etag) or (
+                self.size is not None and new_size is not None and new_size != self.size
+            ):
+                response.close()
+                raise DownloadError(
+                    f"the archive of {self.handle} changed on the server during the download; "
+                    "try again to fetch the new one.",
+                    handle=self.handle,
+                    url=redact(url),
+                )
+            log.info("%s: the server ignores Range; reading again from the start", self.handle)
+            self._skip = self.bytes_read
+        else:
+            response.close()
+            raise _http_error(status, url, self._transport)
+        self._response, self.url = response, url
+
+    def _check_md5(self) -> None:
+        if self._md5 is None or self._md5.digest() == self._md5_expected:
+            return
+        raise IntegrityError(
+            f"the download of {self.handle} does not match the MD5 that {redact(self.url)} "
+            "gave for it (x-goog-hash): it was corrupted on the way. Nothing was cached; try again.",
+            handle=self.handle,
+        )
 
 
 @contextmanager
 def open_archive(plan: ArchivePlan, *, handle: str, settings: Settings) -> Iterator[Body]:
     """Open the first of ``plan.urls`` that answers with an archive."""
-    credentials = kaggle_credentials() if plan.credentials_origin else None
-    with new_session() as session:
+    transport = Transport(handle, settings, plan.credentials_origin)
+    try:
         for index, url in enumerate(plan.urls):
             fallback_left = index + 1 < len(plan.urls)
-            response, final_url = _get(session, url, handle, settings, credentials, plan.credentials_origin)
-            with response:
-                if response.status_code == 404 and fallback_left:
-                    log.debug("%s: 404 from %s, trying the next source", handle, redact(final_url))
-                    continue
-                if not 200 <= response.status_code < 300:
-                    raise _http_error(response.status_code, final_url, handle, credentials, plan.credentials_origin)
-                body = Body(response, url, final_url, handle, settings)
+            response, final_url = transport.get(url)
+            if response.status_code == 404 and fallback_left:
+                response.close()
+                log.debug("%s: 404 from %s, trying the next source", handle, redact(final_url))
+                continue
+            if not 200 <= response.status_code < 300:
+                response.close()
+                raise _http_error(response.status_code, final_url, transport)
+            body = Body(transport, response, url, final_url)
+            try:
                 if body.is_web_page():
                     if fallback_left:
                         log.debug("%s: web page at %s, trying the next source", handle, redact(final_url))
                         continue
                     raise DownloadError(
-                        f"{handle} answered with a web page from {redact(final_url)} instead of an "
-                        "archive: the model may have been removed (tfhub.dev models that were not "
-                        "migrated to Kaggle end on a listing page), or the URL is not a download "
-                        "link. Check the handle in a browser.",
+                        f"{handle} answered with a web page from {redact(final_url)} instead of "
+                        "an archive: the model may have been removed (tfhub.dev models that were "
+                        "not migrated to Kaggle end on a listing page), or the URL is not a "
+                        "download link. Check the handle in a browser.",
                         handle=handle,
                         url=redact(final_url),
                     )
                 log.info("Downloading %s from %s", handle, redact(final_url))
                 yield body
                 return
+            finally:
+                body.close()
+    finally:
+        transport.close()
 
 
 def fetch_location(plan: LocationPlan, *, handle: str, settings: Settings) -> str:
     """The ``gs://`` location a server gives for an uncompressed model."""
-    with new_session() as session:
-        response, url = _get(session, plan.url, handle, settings, None, None)
+    transport = Transport(handle, settings, None)
+    try:
+        response, url = transport.get(plan.url)
         with response:
             body = response.raw.read(4096, decode_content=True) if response.status_code == 303 else b""
+    finally:
+        transport.close()
     location = body.decode("utf-8", "replace").strip()
     if response.status_code != 303 or not location.startswith("gs://"):
         got = f"HTTP {response.status_code}" + (f" with {location[:80]!r}" if location else "")
@@ -189,56 +359,10 @@ def fetch_location(plan: LocationPlan, *, handle: str, settings: Settings) -> st
     return location
 
 
-def _get(
-    session: requests.Session,
-    url: str,
-    handle: str,
-    settings: Settings,
-    credentials: Optional[KaggleCredentials],
-    credentials_origin: Optional[str],
-) -> Tuple[requests.Response, str]:
-    """GET ``url``, following redirects; returns the first non-redirect answer and its URL."""
-    for _ in range(MAX_REDIRECTS + 1):
-        headers = {}
-        if credentials is not None and origin(url) == credentials_origin:
-            headers["Authorization"] = credentials.authorization
-        try:
-            response = session.get(
-                url,
-                headers=headers,
-                stream=True,
-                allow_redirects=False,
-                timeout=(settings.timeout, settings.timeout),
-            )
-        except requests.RequestException as e:
-            raise DownloadError(
-                f"could not download {handle}: {redact(url)} did not answer "
-                f"({_reason(e, settings)}). Check the network, HTTPS_PROXY and REQUESTS_CA_BUNDLE "
-                "if you use them, or set HUBCACHE_OFFLINE=1 to use only the cache.",
-                handle=handle,
-                url=redact(url),
-            ) from None
-        if not response.is_redirect:
-            return response, url
-        url = urljoin(url, response.headers["Location"])
-        response.close()
-    raise DownloadError(
-        f"could not download {handle}: more than {MAX_REDIRECTS} redirects (last to "
-        f"{redact(url)}). The server is misconfigured; report it to the model's publisher.",
-        handle=handle,
-        url=redact(url),
-    )
-
-
-def _http_error(
-    status: int,
-    url: str,
-    handle: str,
-    credentials: Optional[KaggleCredentials],
-    credentials_origin: Optional[str],
-) -> DownloadError:
+def _http_error(status: int, url: str, transport: Transport, extra: str = "") -> DownloadError:
+    handle, credentials = transport.handle, transport.credentials
     where = redact(url)
-    if status in (401, 403) and credentials_origin and origin(url) == credentials_origin:
+    if status in (401, 403) and transport.credentials_origin and origin(url) == transport.credentials_origin:
         sent = (
             f"The credentials from {credentials.source} were sent and refused, or the licence "
             "is not accepted yet."
@@ -260,14 +384,48 @@ def _http_error(
             f"{handle} was not found (HTTP {status} from {where}): check the handle's "
             "spelling and version."
         )
-    elif status in (408, 429) or status >= 500:
+    elif status in RETRY_STATUSES or status >= 500:
         advice = (
             f"the server could not serve {handle} right now (HTTP {status} from {where}): "
             "try again later."
         )
     else:
         advice = f"unexpected HTTP {status} from {where} while downloading {handle}."
-    return DownloadError(advice, handle=handle, url=where, status=status)
+    return DownloadError(advice + extra, handle=handle, url=where, status=status)
+
+
+def _retry_after(value: Optional[str]) -> Optional[float]:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _content_range(value: str) -> Tuple[Optional[int], Optional[int]]:
+    """(first byte, full size) from ``bytes first-last/size`` (size may be ``*``)."""
+    m = re.fullmatch(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)\s*", value)
+    if not m:
+        return None, None
+    return int(m.group(1)), (int(m.group(2)) if m.group(2) != "*" else None)
+
+
+def _goog_md5(value: str) -> Optional[bytes]:
+    """The MD5 digest in an ``x-goog-hash: crc32c=...,md5=...`` header, if any."""
+    for part in value.split(","):
+        name, _, encoded = part.strip().partition("=")
+        if name == "md5":
+            try:
+                return base64.b64decode(encoded, validate=True)
+            except ValueError:
+                return None
+    return None
 
 
 _ERRNO = re.compile(r"\[Errno -?\d+\][^'\")]*")
@@ -275,17 +433,17 @@ _ERRNO = re.compile(r"\[Errno -?\d+\][^'\")]*")
 
 def _reason(e: BaseException, settings: Settings) -> str:
     """A short, query-free description of a network failure."""
-    if isinstance(e, (requests.ConnectTimeout,)):
+    if isinstance(e, requests.ConnectTimeout):
         return f"no connection within {settings.timeout:g} s"
     if isinstance(e, (requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError)):
         return f"no data for {settings.timeout:g} s"
     if isinstance(e, requests.exceptions.SSLError):
         return "TLS certificate verification failed (set REQUESTS_CA_BUNDLE for a private CA)"
-    found = _ERRNO.search(str(e))
+    text = str(e)
+    found = _ERRNO.search(text)
     if found:
         return found.group(0).strip()
-    text = str(e)
-    if "IncompleteRead" in text or "Connection broken" in text:
+    if "IncompleteRead" in text or "Connection broken" in text or "ProtocolError" in type(e).__name__:
         return "the connection was closed early"
     return type(e).__name__
 

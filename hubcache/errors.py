@@ -76,6 +76,11 @@ class ArchiveError(HubcacheError, ValueError):
         self.member = member
 
 
+class IntegrityError(HubcacheError, ValueError):
+    """The download does not match its expected hash (a ``sha256=`` pin, a lock
+    file, or the storage server's ``x-goog-hash``). Nothing is published."""
+
+
 class CacheError(HubcacheError, OSError):
     """The cache directory could not be written (full disk, permissions, ...)."""
 

@@ -53,6 +53,7 @@ def env(monkeypatch, hub, cache_dir, tmp_path) -> Dict[str, str]:
         TFHUB_CACHE_DIR=cache_dir,
         HUBCACHE_DISABLE_PROGRESS="1",
         HUBCACHE_TIMEOUT="10",
+        HUBCACHE_BACKOFF="0.01",  # retries wait milliseconds, not seconds
         KAGGLE_CONFIG_DIR=str(kaggle_dir),  # never the developer's ~/.kaggle
         NO_PROXY="*",  # loopback never goes through a proxy
     )
