@@ -8,16 +8,26 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Dict, Iterable, Iterator, Optional, Tuple, Union
+import re
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
 
 from . import handles
 from .cache import Cache
 from .config import Settings, load_settings
-from .errors import HubcacheError, ModelNotFoundError, OfflineError, PrefetchError
+from .errors import (
+    ConfigError,
+    HubcacheError,
+    IntegrityError,
+    ModelNotFoundError,
+    OfflineError,
+    PrefetchError,
+)
 from .resolvers import ArchivePlan, LocalPlan, LocationPlan, plan
 
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
-def resolve(handle: str, *, cache_dir: Optional[str] = None) -> str:
+
+def resolve(handle: str, *, cache_dir: Optional[str] = None, sha256: Optional[str] = None) -> str:
     """Return the local directory of ``handle``'s model, downloading it first if
     it is not cached.
 
@@ -30,9 +40,12 @@ def resolve(handle: str, *, cache_dir: Optional[str] = None) -> str:
     ['saved_model.pb', 'variables', 'assets']
 
     ``cache_dir`` overrides ``TFHUB_CACHE_DIR``/``HUBCACHE_CACHE_DIR``.
+    ``sha256`` pins the archive: an entry fetched from another archive is not
+    used, and a download with another hash raises
+    :class:`~hubcache.IntegrityError` without caching anything.
     Raises a :class:`~hubcache.HubcacheError` subclass on failure.
     """
-    return resolve_with(handle, load_settings(cache_dir=cache_dir))
+    return resolve_with(handle, load_settings(cache_dir=cache_dir), sha256)
 
 
 def load(
@@ -41,6 +54,7 @@ def load(
     options: Optional[Any] = None,
     *,
     cache_dir: Optional[str] = None,
+    sha256: Optional[str] = None,
 ) -> Any:
     """Resolve ``handle`` and return ``tf.saved_model.load(path, tags, options)``.
 
@@ -48,11 +62,12 @@ def load(
     >>> model(["a sentence"]).shape                                       # doctest: +SKIP
     TensorShape([1, 128])
 
-    Needs TensorFlow (``pip install 'hubcache[tf]'``); it is imported on the first call.
+    Needs TensorFlow (``pip install 'hubcache[tf]'``); it is imported on the
+    first call. ``cache_dir`` and ``sha256`` are as for :func:`resolve`.
     """
     from .loader import load_saved_model
 
-    path = resolve(handle, cache_dir=cache_dir)
+    path = resolve(handle, cache_dir=cache_dir, sha256=sha256)
     return load_saved_model(path, handle=handle, tags=tags, options=options)
 
 
@@ -61,6 +76,7 @@ def prefetch(
     *,
     cache_dir: Optional[str] = None,
     progress: Optional[bool] = None,
+    sha256: Optional[Mapping[str, str]] = None,
 ) -> Dict[str, str]:
     """Download every handle into the cache; return {handle: directory}.
 
@@ -71,11 +87,13 @@ def prefetch(
     {'https://tfhub.dev/google/nnlm-en-dim128/2': '/home/me/.cache/hubcache/...'}
 
     ``progress`` forces the progress bars on or off (default: on a terminal).
+    ``sha256`` maps handles to the hashes their archives must have (see
+    :func:`resolve`).
     """
     settings = load_settings(cache_dir=cache_dir, progress=progress)
     paths: Dict[str, str] = {}
     errors: Dict[str, HubcacheError] = {}
-    for handle, result in iter_prefetch(handles_, settings):
+    for handle, result in iter_prefetch(handles_, settings, sha256 or {}):
         if isinstance(result, HubcacheError):
             errors[handle] = result
         else:
@@ -86,20 +104,28 @@ def prefetch(
 
 
 def iter_prefetch(
-    handles_: Iterable[str], settings: Settings
+    handles_: Iterable[str], settings: Settings, sha256: Mapping[str, str]
 ) -> Iterator[Tuple[str, Union[str, HubcacheError]]]:
     """Resolve each handle in turn, yielding (handle, directory or error)."""
     for handle in handles_:
         try:
-            yield handle, resolve_with(handle, settings)
+            yield handle, resolve_with(handle, settings, sha256.get(handle))
         except HubcacheError as e:
             yield handle, e
 
 
-def resolve_with(raw: str, settings: Settings) -> str:
+def resolve_with(raw: str, settings: Settings, sha256: Optional[str] = None) -> str:
     """:func:`resolve` with explicit settings."""
+    if sha256 is not None and not _SHA256.fullmatch(sha256):
+        raise ConfigError(f"the SHA-256 given for {raw} is not 64 hex digits: {sha256!r}.", handle=raw)
     handle = handles.parse(raw)
     how = plan(handle, settings)
+    if sha256 is not None and not isinstance(how, ArchivePlan):
+        raise ConfigError(
+            f"a SHA-256 pins a downloaded archive, and {raw} is not downloaded "
+            f"({'a local path' if isinstance(how, LocalPlan) else 'UNCOMPRESSED mode'}).",
+            handle=raw,
+        )
     if isinstance(how, LocalPlan):
         if not os.path.exists(how.path):
             raise ModelNotFoundError(
@@ -123,9 +149,16 @@ def resolve_with(raw: str, settings: Settings) -> str:
     cache = Cache(settings.cache_dir)
     key = handle.cache_key
     if settings.offline:
-        status = cache.lookup(key, require_saved_model=how.require_saved_model)
+        status = cache.lookup(key, require_saved_model=how.require_saved_model, sha256=sha256)
         if status.path is not None:
             return status.path
+        if sha256 and cache.lookup(key, require_saved_model=how.require_saved_model).valid:
+            raise IntegrityError(
+                f"the cached copy of {raw} does not match the expected SHA-256: {status.problem}. "
+                "Offline, it cannot be fetched again: prefetch the pinned version on a connected "
+                "machine, or check the pin.",
+                handle=raw,
+            )
         state = (
             f"its cached copy in {cache.entry_dir(key)} is damaged ({status.problem})"
             if status.problem
@@ -143,16 +176,27 @@ def resolve_with(raw: str, settings: Settings) -> str:
         functools.partial(_download, how, raw, settings),
         require_saved_model=how.require_saved_model,
         lock_timeout=settings.lock_timeout,
+        sha256=sha256,
     )
+
+
+def entry_metadata(raw: str, settings: Settings) -> Optional[Dict[str, Any]]:
+    """hubcache's metadata of ``raw``'s cache entry, or None (not a cached
+    download, or cached by tensorflow_hub)."""
+    handle = handles.parse(raw)
+    if not handle.is_remote:
+        return None
+    return Cache(settings.cache_dir).read_metadata(handle.cache_key)
 
 
 def _download(how: ArchivePlan, handle: str, settings: Settings, dest: str) -> Dict[str, Any]:
     """Stream the archive into ``dest``; return what the cache records about it."""
-    from .archive import extract
+    from .archive import Limits, extract
     from .download import open_archive, redact
 
+    limits = Limits(settings.max_size, settings.max_files, settings.max_ratio)
     with open_archive(how, handle=handle, settings=settings) as body:
-        extracted = extract(body.chunks(), dest, handle=handle)
+        extracted = extract(body.chunks(), dest, handle=handle, limits=limits)
         return {
             "source_url": redact(body.requested_url),
             "downloaded_from": redact(body.url),

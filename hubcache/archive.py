@@ -35,6 +35,18 @@ _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)
 
 
+RATIO_FLOOR = 256 << 20  # the ratio bound applies once this many bytes came out
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one archive, against bombs and absurd inputs (0: no bound)."""
+
+    max_size: int = 0  # bytes of member data in all
+    max_files: int = 0  # members of any type
+    max_ratio: float = 0  # decompressed bytes per compressed byte, past RATIO_FLOOR
+
+
 @dataclass
 class Extracted:
     """What :func:`extract` wrote: regular files (relative path -> size) and symlinks."""
@@ -47,16 +59,16 @@ class Extracted:
         return sum(self.files.values())
 
 
-def extract(chunks: Iterable[bytes], dest: str, *, handle: str) -> Extracted:
+def extract(chunks: Iterable[bytes], dest: str, *, handle: str, limits: Limits = Limits()) -> Extracted:
     """Extract the archive whose bytes ``chunks`` yields into the existing,
     empty directory ``dest``.
 
     Raises :class:`ArchiveError` (naming ``handle`` and, where it applies, the
-    member) for data that is not a tar archive, is corrupt or truncated, or
-    holds a member that would escape ``dest``.
+    member) for data that is not a tar archive, is corrupt or truncated, holds
+    a member that would escape ``dest``, or exceeds ``limits``.
     """
-    stream = _Decompressed(iter(chunks), handle)
-    writer = _SafeWriter(dest, handle)
+    stream = _Decompressed(iter(chunks), handle, limits.max_ratio)
+    writer = _SafeWriter(dest, handle, limits)
     try:
         with tarfile.open(fileobj=stream, mode="r|", bufsize=READ_SIZE) as tar:  # type: ignore[call-overload]
             while True:
@@ -91,15 +103,23 @@ def extract(chunks: Iterable[bytes], dest: str, *, handle: str) -> Extracted:
 class _Decompressed:
     """A read-only file object over the decompressed bytes of ``chunks``."""
 
-    def __init__(self, chunks: Iterator[bytes], handle: str) -> None:
-        self._chunks = chunks
+    def __init__(self, chunks: Iterator[bytes], handle: str, max_ratio: float = 0) -> None:
+        self._chunks = self._counted(chunks)
         self._handle = handle
+        self._max_ratio = max_ratio
+        self._bytes_in = 0
+        self._bytes_out = 0
         self._buffer = b""  # raw bytes not yet fed (or, for plain tar, not yet read)
         self._ended = False
         self._tail = b""  # the last bytes handed out, to check for the end-of-archive marker
         self._magic, self._new_decoder = _format_of(self._peek(512), handle)
         self._decoder = self._new_decoder() if self._new_decoder else None
         self._started = False  # whether the current decoder was fed anything
+
+    def _counted(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self._bytes_in += len(chunk)
+            yield chunk
 
     def _peek(self, n: int) -> bytes:
         while len(self._buffer) < n:
@@ -160,6 +180,19 @@ class _Decompressed:
                     handle=self._handle,
                 ) from None
             if out:
+                self._bytes_out += len(out)
+                if (
+                    self._max_ratio
+                    and self._bytes_out > RATIO_FLOOR
+                    and self._bytes_out > self._max_ratio * self._bytes_in
+                ):
+                    raise ArchiveError(
+                        f"the archive for {self._handle} was refused: it expands more than "
+                        f"{self._max_ratio:g} times (a decompression bomb?). Nothing was installed. "
+                        "If the model really is that compressible, raise HUBCACHE_MAX_RATIO "
+                        "(0 turns the bound off).",
+                        handle=self._handle,
+                    )
                 return out
         return b""
 
@@ -262,10 +295,13 @@ def _describe(head: bytes) -> str:
 class _SafeWriter:
     """Writes tar members under ``dest``, refusing any that could escape it."""
 
-    def __init__(self, dest: str, handle: str) -> None:
+    def __init__(self, dest: str, handle: str, limits: Limits) -> None:
         self.dest = dest
         self.handle = handle
+        self.limits = limits
         self.result = Extracted()
+        self._members = 0
+        self._size = 0
         self._dirs: Set[str] = {""}  # relative dirs known to be real directories we made
         self._names: Set[str] = set()  # every member name seen, to refuse duplicates
 
@@ -278,6 +314,20 @@ class _SafeWriter:
         )
 
     def add(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        self._members += 1
+        if self.limits.max_files and self._members > self.limits.max_files:
+            raise self._refuse(
+                member.name,
+                f"is beyond the {self.limits.max_files} members allowed (HUBCACHE_MAX_FILES)",
+            )
+        if member.isreg():
+            self._size += member.size
+            if self.limits.max_size and self._size > self.limits.max_size:
+                raise self._refuse(
+                    member.name,
+                    f"({member.size} bytes) takes the archive past the {self.limits.max_size} "
+                    "bytes allowed (HUBCACHE_MAX_SIZE)",
+                )
         rel = self._relative(member.name)
         if rel in self._names:
             raise self._refuse(member.name, "appears twice in the archive")

@@ -27,6 +27,7 @@ import errno
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from ._version import __version__
-from .errors import ArchiveError, CacheError, CacheLockTimeout, HubcacheError
+from .errors import ArchiveError, CacheError, CacheLockTimeout, HubcacheError, IntegrityError
 
 log = logging.getLogger("hubcache")
 
@@ -48,9 +49,10 @@ DESCRIPTOR_SUFFIX = ".descriptor.txt"
 METADATA_FORMAT = 1
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
-#: Entries validated in full by this process: directory -> identity of its
-#: metadata file when checked. Later lookups only stat the metadata file.
-_validated: Dict[str, Tuple[int, int]] = {}
+#: Entries validated in full by this process: directory -> (identity of its
+#: metadata file when checked, recorded sha256). Later lookups only stat the
+#: metadata file.
+_validated: Dict[str, Tuple[Tuple[int, int], Optional[str]]] = {}
 
 
 @dataclass(frozen=True)
@@ -82,27 +84,43 @@ class Cache:
     def _sibling(self, key: str, suffix: str) -> str:
         return os.path.join(self.root, key + suffix)
 
-    def lookup(self, key: str, *, require_saved_model: bool) -> Status:
-        """Check the entry ``key`` without locking or writing anything."""
+    def lookup(self, key: str, *, require_saved_model: bool, sha256: Optional[str] = None) -> Status:
+        """Check the entry ``key`` without locking or writing anything. With
+        ``sha256``, the entry must also have been fetched from an archive with
+        that hash."""
         directory = self.entry_dir(key)
         marker = self._sibling(key, METADATA_SUFFIX)
         try:
             st = os.stat(marker)
         except FileNotFoundError:
-            return self._lookup_foreign(directory, require_saved_model)
+            status = self._lookup_foreign(directory, require_saved_model)
+            if status.valid and sha256:
+                return Status(None, "it was not fetched by hubcache, so it has no SHA-256 to check")
+            return status
         except OSError as e:
             return Status(None, f"its metadata cannot be read ({e.strerror})")
         identity = (st.st_ino, st.st_mtime_ns)
-        if _validated.get(directory) == identity:
-            return Status(directory)
-        if not os.path.isdir(directory):
-            return Status(None)  # metadata written, rename not done: an interrupted publish
-        problem = _check_files(directory, marker, require_saved_model)
-        if problem:
-            _validated.pop(directory, None)
-            return Status(None, problem)
-        _validated[directory] = identity
+        known = _validated.get(directory)
+        if known is None or known[0] != identity:
+            if not os.path.isdir(directory):
+                return Status(None)  # metadata written, rename not done: an interrupted publish
+            metadata, problem = _check_entry(directory, marker, require_saved_model)
+            if problem:
+                _validated.pop(directory, None)
+                return Status(None, problem)
+            known = _validated[directory] = (identity, metadata.get("sha256"))
+        if sha256 and known[1] != sha256.lower():
+            return Status(None, f"it was fetched from an archive with SHA-256 {known[1]}, not {sha256}")
         return Status(directory)
+
+    def read_metadata(self, key: str) -> Optional[Dict[str, Any]]:
+        """hubcache's metadata of entry ``key``, or None (not cached by hubcache)."""
+        try:
+            with open(self._sibling(key, METADATA_SUFFIX), encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
     def _lookup_foreign(self, directory: str, require_saved_model: bool) -> Status:
         """An entry without hubcache metadata: tensorflow_hub made it (or nothing did).
@@ -117,8 +135,12 @@ class Cache:
             return Status(None, f"its directory cannot be read ({e.strerror})")
         if not names:
             return Status(None, "its directory is empty")
-        if require_saved_model and not names.intersection(SAVED_MODEL_FILES):
-            return Status(None, "it has no saved_model.pb")
+        if require_saved_model:
+            if not names.intersection(SAVED_MODEL_FILES):
+                return Status(None, "it has no saved_model.pb")
+            problem = _variables_problem(os.path.join(directory, "variables"))
+            if problem:
+                return Status(None, problem)
         return Status(directory)
 
     def fetch(
@@ -129,37 +151,49 @@ class Cache:
         *,
         require_saved_model: bool,
         lock_timeout: float,
+        sha256: Optional[str] = None,
     ) -> str:
         """The valid entry for ``key``, made by ``produce`` if need be.
 
         Concurrent callers wait on a per-entry lock; the first downloads, the
-        others find its entry published when the lock is released.
+        others find its entry published when the lock is released. With
+        ``sha256``, an entry fetched from another archive is fetched again, and
+        a download with another hash raises :class:`IntegrityError`.
         """
-        status = self.lookup(key, require_saved_model=require_saved_model)
+        status = self.lookup(key, require_saved_model=require_saved_model, sha256=sha256)
         if status.valid:
             assert status.path is not None
             return status.path
         with _cache_errors(handle, self.root):
             os.makedirs(self.root, exist_ok=True)
             with self._locked(key, handle, lock_timeout):
-                status = self.lookup(key, require_saved_model=require_saved_model)
+                status = self.lookup(key, require_saved_model=require_saved_model, sha256=sha256)
                 if status.valid:
                     assert status.path is not None
                     return status.path
                 if status.problem:
                     log.warning(
-                        "The cached copy of %s is damaged (%s); downloading it again.",
+                        "The cached copy of %s cannot be used (%s); downloading it again.",
                         handle,
                         status.problem,
                     )
-                return self._make(key, handle, produce, require_saved_model)
+                return self._make(key, handle, produce, require_saved_model, sha256)
 
-    def _make(self, key: str, handle: str, produce: Producer, require_saved_model: bool) -> str:
+    def _make(
+        self, key: str, handle: str, produce: Producer, require_saved_model: bool, sha256: Optional[str]
+    ) -> str:
         self._remove_leftovers(key)
         tmp = self._sibling(key, f"{TMP_INFIX}{os.getpid()}.{secrets.token_hex(4)}")
         os.mkdir(tmp)  # mode 0o777 less the umask: a shared cache stays readable
         try:
             info = produce(tmp)
+            if sha256 and info.get("sha256") != sha256.lower():
+                raise IntegrityError(
+                    f"the archive downloaded for {handle} has SHA-256 {info.get('sha256')}, not "
+                    f"the expected {sha256}: nothing was cached. The model changed upstream or "
+                    "the download was tampered with; check the pinned hash.",
+                    handle=handle,
+                )
             problem = _check_content(tmp, info["files"], require_saved_model)
             if problem:
                 raise ArchiveError(
@@ -195,7 +229,7 @@ class Cache:
         )
         os.rename(tmp, directory)
         st = os.stat(marker)
-        _validated[directory] = (st.st_ino, st.st_mtime_ns)
+        _validated[directory] = ((st.st_ino, st.st_mtime_ns), metadata.get("sha256"))
         log.info("Cached %s in %s", handle, directory)
         return directory
 
@@ -250,13 +284,19 @@ class _EntryLock:
         self._lock.release()
 
 
-def _check_files(directory: str, marker: str, require_saved_model: bool) -> Optional[str]:
-    """Why the entry at ``directory`` is not intact, or None if it is."""
+def _check_entry(directory: str, marker: str, require_saved_model: bool) -> Tuple[Dict[str, Any], Optional[str]]:
+    """(metadata, why the entry at ``directory`` is not intact, or None if it is)."""
     try:
         with open(marker, encoding="utf-8") as f:
-            files = json.load(f)["files"]
+            metadata = json.load(f)
+        files = dict(metadata["files"])
     except (OSError, ValueError, KeyError, TypeError):
-        return "its metadata file is unreadable"
+        return {}, "its metadata file is unreadable"
+    return metadata, _check_files(directory, files, require_saved_model)
+
+
+def _check_files(directory: str, files: Dict[str, int], require_saved_model: bool) -> Optional[str]:
+    """Why the files recorded for ``directory`` are not all there, or None."""
     missing = []
     for rel, size in files.items():
         try:
@@ -277,6 +317,30 @@ def _check_content(directory: str, files: Dict[str, int], require_saved_model: b
         return "holds no files"
     if require_saved_model and not any(name in files for name in SAVED_MODEL_FILES):
         return "has no saved_model.pb at its root"
+    return None
+
+
+_SHARD = re.compile(r"variables\.data-(\d+)-of-(\d+)$")
+
+
+def _variables_problem(variables: str) -> Optional[str]:
+    """Why a SavedModel's ``variables/`` is incomplete, or None: every shard
+    that ``variables.data-i-of-n`` names, and the index, must be there."""
+    try:
+        names = set(os.listdir(variables))
+    except FileNotFoundError:
+        return None  # a SavedModel without variables
+    except OSError as e:
+        return f"its variables cannot be read ({e.strerror})"
+    counts = {int(m.group(2)) for m in map(_SHARD.match, names) if m}
+    if not counts:
+        return "variables/variables.index is there without its data" if "variables.index" in names else None
+    if "variables.index" not in names:
+        return "variables/variables.index went missing"
+    n = max(counts)
+    missing = [i for i in range(n) if f"variables.data-{i:05d}-of-{n:05d}" not in names]
+    if missing:
+        return f"variables/variables.data-{missing[0]:05d}-of-{n:05d} went missing"
     return None
 
 

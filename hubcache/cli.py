@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ._version import __version__
-from .api import iter_prefetch, resolve_with
+from .api import entry_metadata, iter_prefetch, resolve_with
 from .config import load_settings
 from .errors import ConfigError, HubcacheError
 
@@ -73,7 +74,22 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FILE",
-        help="read handles from FILE, one a line; '#' starts a comment; '-' is stdin",
+        help="read handles from FILE, one a line, each optionally followed by sha256=HEX; "
+        "'#' starts a comment; '-' is stdin. A --lock file is such a file",
+    )
+    prefetch.add_argument(
+        "--sha256", metavar="HEX", help="the SHA-256 the archive of the (single) HANDLE must have"
+    )
+    prefetch.add_argument(
+        "--lock",
+        metavar="FILE",
+        help="when every handle succeeded, write FILE: each handle with the SHA-256 and size "
+        "of its archive, to verify later with -f FILE --require-hashes",
+    )
+    prefetch.add_argument(
+        "--require-hashes",
+        action="store_true",
+        help="refuse handles without a SHA-256 (from -f or --sha256); a mismatch fails the handle",
     )
     prefetch.set_defaults(run=_prefetch)
 
@@ -89,14 +105,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _prefetch(args: argparse.Namespace, settings) -> int:  # type: ignore[no-untyped-def]
-    handles = list(args.handles)
+    pins: Dict[str, Optional[str]] = {h: None for h in args.handles}
     for name in args.file:
-        handles.extend(_read_handle_file(name))
-    if not handles:
-        print("hubcache prefetch: no handles given (pass HANDLE... or -f FILE)", file=sys.stderr)
-        return EXIT_USAGE
+        for handle, sha256 in _read_handle_file(name):
+            pins[handle] = sha256 or pins.get(handle)
+    if not pins:
+        return _usage("no handles given (pass HANDLE... or -f FILE)")
+    if args.sha256:
+        if len(pins) != 1:
+            return _usage("--sha256 pins a single handle; for several, put sha256=HEX after each in a -f file")
+        pins = {handle: args.sha256 for handle in pins}
+    if args.require_hashes:
+        unpinned = [h for h, sha in pins.items() if not sha]
+        if unpinned:
+            return _usage(f"--require-hashes: no SHA-256 for {', '.join(unpinned)}")
+    hashes = {h: sha for h, sha in pins.items() if sha}
     results: List[Dict[str, Any]] = []
-    for handle, outcome in iter_prefetch(_unique(handles), settings):
+    for handle, outcome in iter_prefetch(pins, settings, hashes):
         ok = not isinstance(outcome, HubcacheError)
         results.append(_result(handle, outcome))
         if args.json:
@@ -111,7 +136,36 @@ def _prefetch(args: argparse.Namespace, settings) -> int:  # type: ignore[no-unt
         print()
     elif failed:
         print(f"hubcache: {failed} of {len(results)} handles failed", file=sys.stderr)
+    if args.lock:
+        if failed:
+            print(f"hubcache: {args.lock} not written, since handles failed", file=sys.stderr)
+        else:
+            _write_lock(args.lock, [r["handle"] for r in results], settings)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _write_lock(path: str, handles: List[str], settings) -> None:  # type: ignore[no-untyped-def]
+    lines = [
+        "# hubcache lock file: each handle with the SHA-256 and size of its archive.",
+        f"# Verify or fetch exactly these: hubcache prefetch -f {os.path.basename(path)} --require-hashes",
+    ]
+    for handle in handles:
+        metadata = entry_metadata(handle, settings)
+        if metadata and metadata.get("sha256"):
+            lines.append(f"{handle} sha256={metadata['sha256']} size={metadata['bytes']}")
+        else:
+            why = "no archive hash recorded: a local path, or cached by tensorflow_hub"
+            print(f"hubcache: {handle} is not pinned in {path}: {why}", file=sys.stderr)
+            lines.append(f"# {handle}  (not pinned: {why})")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def _usage(message: str) -> int:
+    print(f"hubcache prefetch: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _resolve(args: argparse.Namespace, settings) -> int:  # type: ignore[no-untyped-def]
@@ -137,7 +191,8 @@ def _result(handle: str, outcome: Union[str, HubcacheError]) -> Dict[str, Any]:
     return {"handle": handle, "ok": True, "path": outcome}
 
 
-def _read_handle_file(name: str) -> List[str]:
+def _read_handle_file(name: str) -> List[Tuple[str, Optional[str]]]:
+    """(handle, sha256 or None) for each line of a handle or lock file."""
     try:
         if name == "-":
             text = sys.stdin.read()
@@ -146,12 +201,20 @@ def _read_handle_file(name: str) -> List[str]:
                 text = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read the handle file {name}: {e.strerror}") from None
-    lines = (_COMMENT.sub("", line).strip() for line in text.splitlines())
-    return [line for line in lines if line]
-
-
-def _unique(items: Iterable[str]) -> List[str]:
-    return list(dict.fromkeys(items))
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        words = _COMMENT.sub("", line).split()
+        if not words:
+            continue
+        fields = dict(word.partition("=")[::2] for word in words[1:])
+        unknown = set(fields) - {"sha256", "size"}
+        if unknown:
+            raise ConfigError(
+                f"{name}:{number}: unknown field {sorted(unknown)[0]!r}: a line is a handle, "
+                "optionally followed by sha256=HEX (and size=N)"
+            )
+        entries.append((words[0], fields.get("sha256") or None))
+    return entries
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
