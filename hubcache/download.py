@@ -258,35 +258,50 @@ class Body:
         status = response.status_code
         if status == 206:
             start, full = _content_range(response.headers.get("Content-Range", ""))
-            if start != self.bytes_read or (self.size is not None and full not in (None, self.size)):
+            if start != self.bytes_read:
                 response.close()
                 raise DownloadError(
                     f"the download of {self.handle} cannot resume: {redact(url)} answered a "
-                    f"request for bytes {self.bytes_read}- with a different range. Try again.",
+                    f"request for bytes {self.bytes_read}- with another range. Try again.",
                     handle=self.handle,
                     url=redact(url),
                 )
+            self._check_same(response, url, full)
             self.size = full if full is not None else self.size
         elif status == 200:
             length = response.headers.get("Content-Length", "")
-            new_size = int(length) if length.isdigit() else None
-            etag = response.headers.get("ETag")
-            if (self._etag and etag and etag != self._etag) or (
-                self.size is not None and new_size is not None and new_size != self.size
-            ):
-                response.close()
-                raise DownloadError(
-                    f"the archive of {self.handle} changed on the server during the download; "
-                    "try again to fetch the new one.",
-                    handle=self.handle,
-                    url=redact(url),
-                )
+            self._check_same(response, url, int(length) if length.isdigit() else None)
             log.info("%s: the server ignores Range; reading again from the start", self.handle)
             self._skip = self.bytes_read
+        elif status == 416:
+            response.close()
+            raise DownloadError(
+                f"the download of {self.handle} stopped after {self.bytes_read} bytes, and "
+                f"{redact(url)} has no more although it announced {self.size}: the server sends a "
+                "wrong Content-Length, or the archive changed. Try again; if it persists, report "
+                "it to the publisher.",
+                handle=self.handle,
+                url=redact(url),
+                status=416,
+            )
         else:
             response.close()
             raise _http_error(status, url, self._transport)
         self._response, self.url = response, url
+
+    def _check_same(self, response: requests.Response, url: str, size: Optional[int]) -> None:
+        """Refuse to stitch together two versions of the archive."""
+        etag = response.headers.get("ETag")
+        if (self._etag and etag and etag != self._etag) or (
+            self.size is not None and size is not None and size != self.size
+        ):
+            response.close()
+            raise DownloadError(
+                f"the archive of {self.handle} changed on the server during the download; "
+                "try again to fetch the new one.",
+                handle=self.handle,
+                url=redact(url),
+            )
 
     def _check_md5(self) -> None:
         if self._md5 is None or self._md5.digest() == self._md5_expected:
@@ -305,35 +320,48 @@ def open_archive(plan: ArchivePlan, *, handle: str, settings: Settings) -> Itera
     try:
         for index, url in enumerate(plan.urls):
             fallback_left = index + 1 < len(plan.urls)
-            response, final_url = transport.get(url)
-            if response.status_code == 404 and fallback_left:
-                response.close()
-                log.debug("%s: 404 from %s, trying the next source", handle, redact(final_url))
+            body = _open_body(transport, url, fallback_left)
+            if body is None:
                 continue
-            if not 200 <= response.status_code < 300:
-                response.close()
-                raise _http_error(response.status_code, final_url, transport)
-            body = Body(transport, response, url, final_url)
             try:
                 if body.is_web_page():
                     if fallback_left:
-                        log.debug("%s: web page at %s, trying the next source", handle, redact(final_url))
+                        log.debug("%s: web page at %s, trying the next source", handle, redact(body.url))
                         continue
                     raise DownloadError(
-                        f"{handle} answered with a web page from {redact(final_url)} instead of "
+                        f"{handle} answered with a web page from {redact(body.url)} instead of "
                         "an archive: the model may have been removed (tfhub.dev models that were "
                         "not migrated to Kaggle end on a listing page), or the URL is not a "
                         "download link. Check the handle in a browser.",
                         handle=handle,
-                        url=redact(final_url),
+                        url=redact(body.url),
                     )
-                log.info("Downloading %s from %s", handle, redact(final_url))
+                log.info("Downloading %s from %s", handle, redact(body.url))
                 yield body
                 return
             finally:
                 body.close()
     finally:
         transport.close()
+
+
+def _open_body(transport: Transport, url: str, fallback_left: bool) -> Optional[Body]:
+    """The body at ``url`` with its first bytes read, or None for a 404 that
+    leaves another source to try."""
+    while True:
+        response, final_url = transport.get(url)
+        if response.status_code == 404 and fallback_left:
+            response.close()
+            log.debug("%s: 404 from %s, trying the next source", transport.handle, redact(final_url))
+            return None
+        if not 200 <= response.status_code < 300:
+            response.close()
+            raise _http_error(response.status_code, final_url, transport)
+        try:
+            return Body(transport, response, url, final_url)
+        except _ReadFailed as e:  # nothing received yet: simply ask again
+            response.close()
+            transport.failed(f"{redact(final_url)} sent no data ({e})", None, final_url)
 
 
 def fetch_location(plan: LocationPlan, *, handle: str, settings: Settings) -> str:

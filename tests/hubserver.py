@@ -37,6 +37,7 @@ class Request:
     path: str
     query: Dict[str, str]
     headers: Dict[str, str]  # lower-case names
+    time: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -178,7 +179,10 @@ class _Handler(BaseHTTPRequestHandler):
         total = len(data)
         start, end = 0, total  # [start, end)
         status = 200
+        etag = f'"{hashlib.sha1(data).hexdigest()}"'
         wanted = req.headers.get("range")
+        if req.headers.get("if-range", etag) != etag:
+            wanted = None  # the representation changed: send it whole
         if wanted and not (fault and fault.ignore_range):
             m = re.fullmatch(r"bytes=(\d+)-(\d*)", wanted.strip())
             if not m or int(m.group(1)) >= total:
@@ -190,10 +194,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         for k, v in reply.headers.items():
             self.send_header(k, v)
-        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
-        self.send_header("x-goog-hash", f"md5={md5}")
+        if "x-goog-hash" not in {k.lower() for k in reply.headers}:
+            md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+            self.send_header("x-goog-hash", f"crc32c=AAAAAA==,md5={md5}")
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
+        self.send_header("ETag", etag)
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{total}")
         announced = fault.content_length if fault and fault.content_length is not None else len(body)
@@ -226,6 +231,8 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(fault.stall_seconds)
             if fault and (fault.cut_after is not None or fault.stall_after is not None) and sent < len(body):
                 self._cut()
+            elif fault and fault.content_length is not None:
+                self._cut()  # after a false Content-Length, hang up as such servers do
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
