@@ -254,7 +254,8 @@ class _EntryLock:
     def __init__(self, path: str, handle: str, timeout: float) -> None:
         from filelock import FileLock  # imported here: only writers need it
 
-        self._lock = FileLock(path)
+        # 0o666: in a cache shared by several users, any of them may take the lock.
+        self._lock = FileLock(path, mode=0o666)
         self._path = path
         self._handle = handle
         self._timeout = timeout
