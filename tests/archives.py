@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import random
@@ -34,9 +35,9 @@ _TYPES = {
 
 def make_tar(members: Iterable[Union[Member, tuple]], compression: str = "gz") -> bytes:
     """A tar archive of ``members`` (Member or (name, data) pairs); compression
-    is "" (plain), "gz", "bz2" or "xz"."""
+    is "" (plain), "gz", "bz2" or "xz". The same input gives the same bytes."""
     buf = io.BytesIO()
-    mode = f"w:{compression}" if compression else "w"
+    mode = f"w:{compression}" if compression in ("bz2", "xz") else "w"
     with tarfile.open(fileobj=buf, mode=mode, format=tarfile.PAX_FORMAT) as tar:
         for m in members:
             if isinstance(m, tuple):
@@ -51,6 +52,8 @@ def make_tar(members: Iterable[Union[Member, tuple]], compression: str = "gz") -
                 tar.addfile(info, io.BytesIO(m.data))
             else:
                 tar.addfile(info)
+    if compression == "gz":
+        return gzip.compress(buf.getvalue(), mtime=0)  # tarfile's gzip stamps the time
     return buf.getvalue()
 
 
