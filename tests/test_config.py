@@ -102,3 +102,23 @@ def test_broken_kaggle_json_is_named_but_not_quoted(tmp_path):
     with pytest.raises(ConfigError) as e:
         kaggle_credentials({"KAGGLE_CONFIG_DIR": str(tmp_path)})
     assert str(tmp_path / "kaggle.json") in str(e.value) and "s3cret" not in str(e.value)
+
+
+def test_retry_and_bound_settings():
+    s = load_settings(environ={"TFHUB_CACHE_DIR": "/c"})
+    assert (s.max_retries, s.backoff, s.max_size, s.max_files, s.max_ratio) == (5, 1.0, 100 << 30, 1_000_000, 250)
+    s = load_settings(
+        environ={
+            "TFHUB_CACHE_DIR": "/c",
+            "HUBCACHE_MAX_RETRIES": "0",
+            "HUBCACHE_BACKOFF": "0.25",
+            "HUBCACHE_MAX_SIZE": "1.5G",
+            "HUBCACHE_MAX_FILES": "10",
+            "HUBCACHE_MAX_RATIO": "0",
+        }
+    )
+    assert (s.max_retries, s.backoff, s.max_size, s.max_files, s.max_ratio) == (0, 0.25, 3 << 29, 10, 0)
+    for name, bad in [("HUBCACHE_MAX_RETRIES", "2.5"), ("HUBCACHE_MAX_RETRIES", "-1"), ("HUBCACHE_BACKOFF", "x"),
+                      ("HUBCACHE_MAX_SIZE", "lots"), ("HUBCACHE_MAX_SIZE", "0"), ("HUBCACHE_MAX_FILES", "-3")]:
+        with pytest.raises(ConfigError, match=name):
+            load_settings(environ={"TFHUB_CACHE_DIR": "/c", name: bad})
