@@ -183,7 +183,7 @@ class Cache:
         self, key: str, handle: str, produce: Producer, require_saved_model: bool, sha256: Optional[str]
     ) -> str:
         self._remove_leftovers(key)
-        tmp = self._sibling(key, f"{TMP_INFIX}{os.getpid()}.{secrets.token_hex(4)}")
+        tmp = self._sibling(key, f"{TMP_INFIX}{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}")
         os.mkdir(tmp)  # mode 0o777 less the umask: a shared cache stays readable
         try:
             info = produce(tmp)
@@ -201,15 +201,29 @@ class Cache:
                     "was cached. Check that the handle points at a SavedModel archive.",
                     handle=handle,
                 )
-            return self._publish(key, handle, tmp, info)
+            return self._publish(key, handle, tmp, info, require_saved_model, sha256)
         finally:
             _remove_tree(tmp)
 
-    def _publish(self, key: str, handle: str, tmp: str, info: Dict[str, Any]) -> str:
+    def _publish(
+        self,
+        key: str,
+        handle: str,
+        tmp: str,
+        info: Dict[str, Any],
+        require_saved_model: bool,
+        sha256: Optional[str],
+    ) -> str:
         directory = self.entry_dir(key)
-        if os.path.lexists(directory):  # a damaged entry: move it out of the way first
+        if os.path.lexists(directory):
+            # Where locks do not work (some network filesystems), another
+            # process may have published meanwhile: keep its entry, readers may use it.
+            status = self.lookup(key, require_saved_model=require_saved_model, sha256=sha256)
+            if status.path is not None:
+                log.info("%s was published by another process meanwhile; using that", handle)
+                return status.path
             trash = self._sibling(key, f"{TRASH_INFIX}{secrets.token_hex(4)}")
-            os.rename(directory, trash)
+            os.rename(directory, trash)  # the damaged entry goes out of the way at once
             _remove_tree(trash)
         metadata = dict(info)
         metadata.update(
@@ -234,14 +248,16 @@ class Cache:
         return directory
 
     def _remove_leftovers(self, key: str) -> None:
-        """Delete temporary and trash directories of ``key``: under the lock,
-        any that exist were left by a process that died."""
-        prefixes = (key + TMP_INFIX, key + TRASH_INFIX)
+        """Delete what dead processes left of ``key``: trash, and temporary
+        directories whose process (named in the directory) is gone."""
         with os.scandir(self.root) as it:
-            stale = [e.path for e in it if e.name.startswith(prefixes)]
-        for path in stale:
-            log.info("Removing %s, left by an interrupted download", path)
-            _remove_tree(path)
+            names = [e.name for e in it if e.name.startswith(key)]
+        for name in names:
+            if name.startswith(key + TRASH_INFIX) or (
+                name.startswith(key + TMP_INFIX) and _owner_is_dead(name[len(key + TMP_INFIX) :])
+            ):
+                log.info("Removing %s, left by an interrupted download", name)
+                _remove_tree(os.path.join(self.root, name))
 
     def _locked(self, key: str, handle: str, timeout: float):  # type: ignore[no-untyped-def]
         return _EntryLock(self._sibling(key, LOCK_SUFFIX), handle, timeout)
@@ -283,6 +299,22 @@ class _EntryLock:
 
     def __exit__(self, *exc: object) -> None:
         self._lock.release()
+
+
+def _owner_is_dead(suffix: str) -> bool:
+    """Whether the process of a temporary directory (``<host>.<pid>.<random>``)
+    is known to be gone: on this host, with no such pid. Other hosts' are kept."""
+    owner = suffix.rpartition(".")[0]
+    host, _, pid = owner.rpartition(".")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
 
 
 def _check_entry(directory: str, marker: str, require_saved_model: bool) -> Tuple[Dict[str, Any], Optional[str]]:

@@ -100,3 +100,58 @@ def test_waiter_takes_over_when_the_lock_holder_dies(env, hub, cache_dir):
     assert read_tree(result["path"]) == fake_saved_model_files(size=SIZE)
     assert hub.storage.count(blob) == 2
     assert leftovers(cache_dir) == []
+
+
+def test_live_downloads_are_never_swept_only_dead_ones(env, hub, cache_dir):
+    """Where locks do not work (some network filesystems), a downloader must not
+    delete another live process's temporary directory."""
+    import socket
+    import subprocess
+    import sys
+
+    hub.publish_tfhub("google/tiny/1", fake_saved_model())
+    os.makedirs(cache_dir)
+    key = cache_key(HANDLE)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        host = socket.gethostname()
+        names = {
+            "live": f"{key}.hubcache-tmp.{host}.{alive.pid}.aaaa",
+            "dead": f"{key}.hubcache-tmp.{host}.{dead.pid}.bbbb",
+            "remote": f"{key}.hubcache-tmp.other-host.{dead.pid}.cccc",
+            "trash": f"{key}.hubcache-trash.dddd",
+        }
+        for name in names.values():
+            os.makedirs(os.path.join(cache_dir, name, "variables"))
+        hubcache.resolve(HANDLE)
+        assert sorted(leftovers(cache_dir)) == sorted([names["live"], names["remote"]])
+    finally:
+        alive.kill()
+
+
+def test_publish_keeps_an_entry_another_process_published_meanwhile(env, hub, cache_dir, monkeypatch):
+    """Simulates a lock that did not exclude: while we download, a valid entry
+    appears. It must be kept (readers may hold it), ours discarded."""
+    from hubcache import cache as cache_module
+
+    hub.publish_tfhub("google/tiny/1", fake_saved_model())
+    first = hubcache.resolve(HANDLE)
+    inode = os.stat(first).st_ino
+    os.remove(first + ".hubcache.json")
+    os.remove(os.path.join(first, "saved_model.pb"))  # damaged: we will download again...
+    cache_module._validated.clear()
+    real_check = cache_module._check_content
+
+    def other_process_repairs_it(directory, files, require):
+        # ...and "another process" repairs and publishes the entry in the meantime.
+        if ".hubcache-tmp." in directory and not os.path.exists(os.path.join(first, "saved_model.pb")):
+            with open(os.path.join(first, "saved_model.pb"), "wb") as f:
+                f.write(fake_saved_model_files()["saved_model.pb"])
+        return real_check(directory, files, require)
+
+    monkeypatch.setattr(cache_module, "_check_content", other_process_repairs_it)
+    assert hubcache.resolve(HANDLE) == first
+    assert os.stat(first).st_ino == inode  # the same directory: not moved to trash
+    assert leftovers(cache_dir) == []
