@@ -203,5 +203,6 @@ def _download(how: ArchivePlan, handle: str, settings: Settings, dest: str) -> D
             "bytes": body.bytes_read,
             "sha256": body.sha256,
             "files": extracted.files,
+            "crc32": extracted.crc32,
             "links": extracted.links,
         }

@@ -49,9 +49,11 @@ class Limits:
 
 @dataclass
 class Extracted:
-    """What :func:`extract` wrote: regular files (relative path -> size) and symlinks."""
+    """What :func:`extract` wrote: regular files (relative path -> size, and ->
+    CRC-32 of the content, for later verification) and symlinks."""
 
     files: Dict[str, int] = field(default_factory=dict)
+    crc32: Dict[str, int] = field(default_factory=dict)
     links: Dict[str, str] = field(default_factory=dict)
 
     @property
@@ -389,12 +391,13 @@ class _SafeWriter:
         source = tar.extractfile(member)
         assert source is not None  # regular members always have data
         fd = os.open(target, flags, mode)
+        written = crc = 0
         try:
-            written = 0
             while True:
                 data = source.read(READ_SIZE)
                 if not data:
                     break
+                crc = zlib.crc32(data, crc)
                 view = memoryview(data)
                 while view:
                     n = os.write(fd, view)
@@ -405,6 +408,7 @@ class _SafeWriter:
         if written != member.size:
             raise tarfile.ReadError(f"member {member.name!r} is cut short")
         self.result.files[rel] = written
+        self.result.crc32[rel] = crc
 
     def _make_symlink(self, member: tarfile.TarInfo, rel: str, target: str) -> None:
         link = member.linkname

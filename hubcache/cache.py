@@ -47,6 +47,12 @@ TMP_INFIX = ".hubcache-tmp."
 TRASH_INFIX = ".hubcache-trash."
 DESCRIPTOR_SUFFIX = ".descriptor.txt"
 METADATA_FORMAT = 1
+USE_RESOLUTION_NS = 3600 * 10**9  # last-use times are kept to the hour: one utime an hour
+CACHEDIR_TAG = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by hubcache.\n"
+    "# For information about cache directory tags, see https://bford.info/cachedir/\n"
+)
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 #: Entries validated in full by this process: directory -> (identity of its
@@ -84,10 +90,13 @@ class Cache:
     def _sibling(self, key: str, suffix: str) -> str:
         return os.path.join(self.root, key + suffix)
 
-    def lookup(self, key: str, *, require_saved_model: bool, sha256: Optional[str] = None) -> Status:
-        """Check the entry ``key`` without locking or writing anything. With
-        ``sha256``, the entry must also have been fetched from an archive with
-        that hash."""
+    def lookup(
+        self, key: str, *, require_saved_model: bool, sha256: Optional[str] = None, touch: bool = False
+    ) -> Status:
+        """Check the entry ``key`` without locking. With ``sha256``, the entry
+        must also have been fetched from an archive with that hash. With
+        ``touch``, a valid entry's last-use time is brought up to date (to the
+        hour; silently skipped where the cache is read-only)."""
         directory = self.entry_dir(key)
         marker = self._sibling(key, METADATA_SUFFIX)
         try:
@@ -96,6 +105,8 @@ class Cache:
             status = self._lookup_foreign(directory, require_saved_model)
             if status.valid and sha256:
                 return Status(None, "it was not fetched by hubcache, so it has no SHA-256 to check")
+            if status.valid and touch:
+                _touch(directory)
             return status
         except OSError as e:
             return Status(None, f"its metadata cannot be read ({e.strerror})")
@@ -111,7 +122,66 @@ class Cache:
             known = _validated[directory] = (identity, metadata.get("sha256"))
         if sha256 and known[1] != sha256.lower():
             return Status(None, f"it was fetched from an archive with SHA-256 {known[1]}, not {sha256}")
+        if touch:
+            _touch(marker, st)
         return Status(directory)
+
+    def last_used(self, key: str) -> Optional[float]:
+        """When entry ``key`` was last used (resolved), as a timestamp, or None."""
+        for path in (self._sibling(key, METADATA_SUFFIX), self.entry_dir(key)):
+            try:
+                return os.stat(path).st_atime
+            except OSError:
+                continue
+        return None
+
+    def remove(self, key: str, handle: str) -> bool:
+        """Remove entry ``key`` unless a process holds its lock (downloading or
+        loading it): then leave it and return False. The directory is renamed
+        aside first, so a reader never sees half an entry."""
+        from filelock import Timeout
+
+        lock = _EntryLock(self._sibling(key, LOCK_SUFFIX), handle, 0)
+        try:
+            lock.acquire_now()
+        except Timeout:
+            return False
+        try:
+            directory = self.entry_dir(key)
+            _validated.pop(directory, None)
+            if os.path.lexists(directory):
+                trash = self._sibling(key, f"{TRASH_INFIX}{secrets.token_hex(4)}")
+                os.rename(directory, trash)
+                _remove_tree(trash)
+            for suffix in (METADATA_SUFFIX, DESCRIPTOR_SUFFIX):
+                try:
+                    os.unlink(self._sibling(key, suffix))
+                except FileNotFoundError:
+                    pass
+            return True
+        finally:
+            lock.release()
+
+    @contextmanager
+    def reading(self, key: str) -> Iterator[None]:
+        """Hold a shared lock on entry ``key`` while its files are read, so that
+        ``rm``/``prune`` leave it alone meanwhile. A no-op where the lock file
+        cannot be opened (a read-only cache, which nobody prunes)."""
+        try:
+            fd = os.open(self._sibling(key, LOCK_SUFFIX), os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            yield
+            return
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except (ImportError, OSError):
+            pass  # no flock here (Windows): removal is still atomic
+        try:
+            yield
+        finally:
+            os.close(fd)  # closing drops the lock
 
     def read_metadata(self, key: str) -> Optional[Dict[str, Any]]:
         """hubcache's metadata of entry ``key``, or None (not cached by hubcache)."""
@@ -165,7 +235,7 @@ class Cache:
             assert status.path is not None
             return status.path
         with _cache_errors(handle, self.root):
-            os.makedirs(self.root, exist_ok=True)
+            self._make_root()
             with self._locked(key, handle, lock_timeout):
                 status = self.lookup(key, require_saved_model=require_saved_model, sha256=sha256)
                 if status.valid:
@@ -247,6 +317,13 @@ class Cache:
         log.info("Cached %s in %s", handle, directory)
         return directory
 
+    def _make_root(self) -> None:
+        """Create the cache root, tagged so that backup tools skip it."""
+        os.makedirs(self.root, exist_ok=True)
+        tag = os.path.join(self.root, "CACHEDIR.TAG")
+        if not os.path.exists(tag):
+            _write_atomic(tag, CACHEDIR_TAG)
+
     def _remove_leftovers(self, key: str) -> None:
         """Delete what dead processes left of ``key``: trash, and temporary
         directories whose process (named in the directory) is gone."""
@@ -276,11 +353,18 @@ class _EntryLock:
         self._handle = handle
         self._timeout = timeout
 
+    def acquire_now(self) -> None:
+        """Take the lock or raise ``filelock.Timeout`` at once."""
+        self._lock.acquire(timeout=0)
+
+    def release(self) -> None:
+        self._lock.release()
+
     def __enter__(self) -> "_EntryLock":
         from filelock import Timeout
 
         try:
-            self._lock.acquire(timeout=0)
+            self.acquire_now()
             return self
         except Timeout:
             pass
@@ -298,7 +382,7 @@ class _EntryLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._lock.release()
+        self.release()
 
 
 def _owner_is_dead(suffix: str) -> bool:
@@ -375,6 +459,18 @@ def _variables_problem(variables: str) -> Optional[str]:
     if missing:
         return f"variables/variables.data-{missing[0]:05d}-of-{n:05d} went missing"
     return None
+
+
+def _touch(path: str, st: Optional[os.stat_result] = None) -> None:
+    """Record a use of ``path``: its access time, to the hour. The modification
+    time stays, so the entry is not rewritten nor its validation redone."""
+    try:
+        st = st or os.stat(path)
+        now = time.time_ns()
+        if now - st.st_atime_ns > USE_RESOLUTION_NS:
+            os.utime(path, ns=(now, st.st_mtime_ns))
+    except OSError:
+        pass  # read-only cache: uses are not recorded
 
 
 def _write_atomic(path: str, text: str) -> None:

@@ -54,6 +54,7 @@ def test_metadata_and_tensorflow_hub_descriptor(env, hub, cache_dir):
     assert descriptor[1].startswith("Download Time: ") and descriptor[2].startswith("Downloader Hostname: ")
     # Nothing tensorflow_hub would wait on, nothing half-done left behind.
     names = os.listdir(cache_dir)
+    assert open(os.path.join(cache_dir, "CACHEDIR.TAG")).read().startswith("Signature: 8a477f597d28d172789f06886806bc55")
     assert cache_key(TFHUB) + ".lock" not in names
     assert not [n for n in names if "tmp" in n or "trash" in n]
 
@@ -213,7 +214,7 @@ def test_hostile_archive_publishes_nothing(env, hub, cache_dir, tmp_path):
     with pytest.raises(hubcache.ArchiveError) as e:
         hubcache.resolve(hub.storage.url + "/evil.tar.gz")
     assert e.value.member == "../../escape"
-    assert [n for n in os.listdir(cache_dir) if not n.endswith(".hubcache.lock")] == []
+    assert [n for n in os.listdir(cache_dir) if not n.endswith(".hubcache.lock")] == ["CACHEDIR.TAG"]
     assert not (tmp_path / "escape").exists()
 
 

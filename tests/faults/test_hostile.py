@@ -44,11 +44,11 @@ def test_hostile_archive_refused_end_to_end(env, serve, cache_dir, tmp_path, nam
     assert handle in str(e.value) and e.value.member
     assert not os.path.exists(os.path.join(cache_dir, cache_key(handle)))
     assert leftovers(cache_dir) == []
-    # Nothing anywhere else under the test's directory: only the lock file is new.
+    # Nothing anywhere else under the test's directory: only the cache root, its tag and the lock.
     assert snapshot(tmp_path) - before <= {
-        os.path.relpath(os.path.join(cache_dir, cache_key(handle) + ".hubcache.lock"), tmp_path),
-        os.path.relpath(cache_dir, tmp_path),
-    }
+        os.path.relpath(os.path.join(cache_dir, name), tmp_path)
+        for name in (".", "CACHEDIR.TAG", cache_key(handle) + ".hubcache.lock")
+    } | {os.path.relpath(cache_dir, tmp_path)}
 
 
 def test_member_over_the_size_bound_is_refused_before_it_is_written(env, serve, cache_dir, monkeypatch):
