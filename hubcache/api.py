@@ -64,11 +64,19 @@ def load(
 
     Needs TensorFlow (``pip install 'hubcache[tf]'``); it is imported on the
     first call. ``cache_dir`` and ``sha256`` are as for :func:`resolve`.
+    While TensorFlow reads the files, ``hubcache rm``/``prune`` leave the entry alone.
     """
     from .loader import load_saved_model
 
-    path = resolve(handle, cache_dir=cache_dir, sha256=sha256)
-    return load_saved_model(path, handle=handle, tags=tags, options=options)
+    settings = load_settings(cache_dir=cache_dir)
+    while True:
+        path = resolve_with(handle, settings, sha256)
+        key = os.path.basename(path)
+        if os.path.dirname(path) != settings.cache_dir or len(key) != 40:
+            return load_saved_model(path, handle=handle, tags=tags, options=options)
+        with Cache(settings.cache_dir).reading(key):
+            if os.path.isdir(path):  # not removed between resolving and locking
+                return load_saved_model(path, handle=handle, tags=tags, options=options)
 
 
 def prefetch(
@@ -77,6 +85,7 @@ def prefetch(
     cache_dir: Optional[str] = None,
     progress: Optional[bool] = None,
     sha256: Optional[Mapping[str, str]] = None,
+    jobs: int = 1,
 ) -> Dict[str, str]:
     """Download every handle into the cache; return {handle: directory}.
 
@@ -88,12 +97,12 @@ def prefetch(
 
     ``progress`` forces the progress bars on or off (default: on a terminal).
     ``sha256`` maps handles to the hashes their archives must have (see
-    :func:`resolve`).
+    :func:`resolve`). ``jobs`` downloads that many handles at once.
     """
     settings = load_settings(cache_dir=cache_dir, progress=progress)
     paths: Dict[str, str] = {}
     errors: Dict[str, HubcacheError] = {}
-    for handle, result in iter_prefetch(handles_, settings, sha256 or {}):
+    for handle, result in iter_prefetch(handles_, settings, sha256 or {}, jobs):
         if isinstance(result, HubcacheError):
             errors[handle] = result
         else:
@@ -104,14 +113,26 @@ def prefetch(
 
 
 def iter_prefetch(
-    handles_: Iterable[str], settings: Settings, sha256: Mapping[str, str]
+    handles_: Iterable[str], settings: Settings, sha256: Mapping[str, str], jobs: int = 1
 ) -> Iterator[Tuple[str, Union[str, HubcacheError]]]:
-    """Resolve each handle in turn, yielding (handle, directory or error)."""
-    for handle in handles_:
+    """Resolve each handle, ``jobs`` at a time; yields (handle, directory or
+    error) as each finishes."""
+
+    def one(handle: str) -> Tuple[str, Union[str, HubcacheError]]:
         try:
-            yield handle, resolve_with(handle, settings, sha256.get(handle))
+            return handle, resolve_with(handle, settings, sha256.get(handle))
         except HubcacheError as e:
-            yield handle, e
+            return handle, e
+
+    unique = list(dict.fromkeys(handles_))
+    if jobs <= 1 or len(unique) <= 1:
+        yield from map(one, unique)
+        return
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="hubcache") as pool:
+        for future in as_completed([pool.submit(one, h) for h in unique]):
+            yield future.result()
 
 
 def resolve_with(raw: str, settings: Settings, sha256: Optional[str] = None) -> str:
@@ -148,11 +169,16 @@ def resolve_with(raw: str, settings: Settings, sha256: Optional[str] = None) -> 
 
     cache = Cache(settings.cache_dir)
     key = handle.cache_key
+    require = how.require_saved_model
+    status = cache.lookup(key, require_saved_model=require, sha256=sha256, touch=True)
+    if status.path is not None:
+        return status.path
+    for layer in settings.readonly_dirs:  # a team's shared cache, behind the user's own
+        found = Cache(layer).lookup(key, require_saved_model=require, sha256=sha256)
+        if found.path is not None:
+            return found.path
     if settings.offline:
-        status = cache.lookup(key, require_saved_model=how.require_saved_model, sha256=sha256)
-        if status.path is not None:
-            return status.path
-        if sha256 and cache.lookup(key, require_saved_model=how.require_saved_model).valid:
+        if sha256 and cache.lookup(key, require_saved_model=require).valid:
             raise IntegrityError(
                 f"the cached copy of {raw} does not match the expected SHA-256: {status.problem}. "
                 "Offline, it cannot be fetched again: prefetch the pinned version on a connected "

@@ -45,6 +45,7 @@ METADATA_SUFFIX = ".hubcache.json"
 LOCK_SUFFIX = ".hubcache.lock"
 TMP_INFIX = ".hubcache-tmp."
 TRASH_INFIX = ".hubcache-trash."
+IMPORT_PREFIX = ".hubcache-import."  # a bundle being imported: .hubcache-import.<host>.<pid>.<r>/
 DESCRIPTOR_SUFFIX = ".descriptor.txt"
 METADATA_FORMAT = 1
 USE_RESOLUTION_NS = 3600 * 10**9  # last-use times are kept to the hour: one utime an hour
@@ -235,7 +236,7 @@ class Cache:
             assert status.path is not None
             return status.path
         with _cache_errors(handle, self.root):
-            self._make_root()
+            self.ensure_root()
             with self._locked(key, handle, lock_timeout):
                 status = self.lookup(key, require_saved_model=require_saved_model, sha256=sha256)
                 if status.valid:
@@ -296,10 +297,10 @@ class Cache:
             os.rename(directory, trash)  # the damaged entry goes out of the way at once
             _remove_tree(trash)
         metadata = dict(info)
+        metadata.setdefault("fetched_at", _now_iso())  # an imported entry keeps its own
         metadata.update(
             format=METADATA_FORMAT,
             handle=handle,
-            fetched_at=_now_iso(),
             hubcache_version=__version__,
             file_count=len(info["files"]),
             size=sum(info["files"].values()),
@@ -317,7 +318,7 @@ class Cache:
         log.info("Cached %s in %s", handle, directory)
         return directory
 
-    def _make_root(self) -> None:
+    def ensure_root(self) -> None:
         """Create the cache root, tagged so that backup tools skip it."""
         os.makedirs(self.root, exist_ok=True)
         tag = os.path.join(self.root, "CACHEDIR.TAG")
@@ -331,7 +332,7 @@ class Cache:
             names = [e.name for e in it if e.name.startswith(key)]
         for name in names:
             if name.startswith(key + TRASH_INFIX) or (
-                name.startswith(key + TMP_INFIX) and _owner_is_dead(name[len(key + TMP_INFIX) :])
+                name.startswith(key + TMP_INFIX) and owner_is_dead(name[len(key + TMP_INFIX) :])
             ):
                 log.info("Removing %s, left by an interrupted download", name)
                 _remove_tree(os.path.join(self.root, name))
@@ -385,7 +386,7 @@ class _EntryLock:
         self.release()
 
 
-def _owner_is_dead(suffix: str) -> bool:
+def owner_is_dead(suffix: str) -> bool:
     """Whether the process of a temporary directory (``<host>.<pid>.<random>``)
     is known to be gone: on this host, with no such pid. Other hosts' are kept."""
     owner = suffix.rpartition(".")[0]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import dataclass
-from typing import Mapping, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
@@ -40,6 +40,8 @@ class Settings:
     """Everything a call needs to know about its environment, frozen at call time."""
 
     cache_dir: str
+    #: Caches searched after ``cache_dir``, never written (HUBCACHE_READONLY_DIRS).
+    readonly_dirs: Tuple[str, ...] = ()
     offline: bool = False
     #: "COMPRESSED" or "UNCOMPRESSED" (AUTO is read as COMPRESSED, as tensorflow_hub does).
     load_format: str = "COMPRESSED"
@@ -61,6 +63,9 @@ class Settings:
     max_size: int = DEFAULT_MAX_SIZE
     max_files: int = DEFAULT_MAX_FILES
     max_ratio: float = DEFAULT_MAX_RATIO
+    #: Not from the environment: told of every download's progress as
+    #: (bytes received, bytes announced), e.g. for an aggregate progress bar.
+    progress_hook: Optional[Callable[[int, int], None]] = field(default=None, compare=False, repr=False)
 
 
 def load_settings(
@@ -76,6 +81,11 @@ def load_settings(
     env = os.environ if environ is None else environ
     return Settings(
         cache_dir=_cache_dir(cache_dir, env),
+        readonly_dirs=tuple(
+            os.path.abspath(os.path.expanduser(p))
+            for p in env.get("HUBCACHE_READONLY_DIRS", "").split(os.pathsep)
+            if p.strip()
+        ),
         offline=_bool(env, "HUBCACHE_OFFLINE", False),
         load_format=_load_format(env),
         tfhub_endpoint=_endpoint(env, "HUBCACHE_TFHUB_ENDPOINT", DEFAULT_TFHUB_ENDPOINT),
@@ -93,6 +103,47 @@ def load_settings(
         max_files=int(_number(env, "HUBCACHE_MAX_FILES", DEFAULT_MAX_FILES, integer=True)),
         max_ratio=_number(env, "HUBCACHE_MAX_RATIO", DEFAULT_MAX_RATIO),
     )
+
+
+#: Each setting and the variables it is read from, first match wins.
+SETTING_VARIABLES = (
+    ("cache_dir", ("TFHUB_CACHE_DIR", "HUBCACHE_CACHE_DIR")),
+    ("readonly_dirs", ("HUBCACHE_READONLY_DIRS",)),
+    ("offline", ("HUBCACHE_OFFLINE",)),
+    ("load_format", ("TFHUB_MODEL_LOAD_FORMAT",)),
+    ("progress", ("HUBCACHE_DISABLE_PROGRESS", "TFHUB_DOWNLOAD_PROGRESS")),
+    ("tfhub_endpoint", ("HUBCACHE_TFHUB_ENDPOINT",)),
+    ("kaggle_endpoint", ("HUBCACHE_KAGGLE_ENDPOINT",)),
+    ("gcs_endpoint", ("HUBCACHE_GCS_ENDPOINT",)),
+    ("cn_mirror_endpoint", ("HUBCACHE_CN_MIRROR_ENDPOINT",)),
+    ("timeout", ("HUBCACHE_TIMEOUT",)),
+    ("lock_timeout", ("HUBCACHE_LOCK_TIMEOUT",)),
+    ("max_retries", ("HUBCACHE_MAX_RETRIES",)),
+    ("backoff", ("HUBCACHE_BACKOFF",)),
+    ("max_size", ("HUBCACHE_MAX_SIZE",)),
+    ("max_files", ("HUBCACHE_MAX_FILES",)),
+    ("max_ratio", ("HUBCACHE_MAX_RATIO",)),
+)
+
+
+def settings_report(
+    settings: Settings, *, cache_dir_argument: bool = False, environ: Optional[Mapping[str, str]] = None
+) -> "list[tuple[str, str, str]]":
+    """(setting, value, where it came from) for every setting, for bug reports.
+    Kaggle credentials are reported by source only, never by value."""
+    env = os.environ if environ is None else environ
+    rows = []
+    for name, variables in SETTING_VARIABLES:
+        source = next((f"${v}" for v in variables if env.get(v, "").strip()), "default")
+        if name == "cache_dir" and cache_dir_argument:
+            source = "--cache-dir"
+        rows.append((name, str(getattr(settings, name)), source))
+    try:
+        credentials = kaggle_credentials(env)
+        rows.append(("kaggle_credentials", "set" if credentials else "none", credentials.source if credentials else "-"))
+    except ConfigError as e:
+        rows.append(("kaggle_credentials", "unreadable", str(e)))
+    return rows
 
 
 def _cache_dir(override: Optional[str], env: Mapping[str, str]) -> str:
@@ -184,10 +235,14 @@ _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def _size(env: Mapping[str, str], name: str, default: int) -> int:
-    """A byte count, with an optional K/M/G/T suffix (powers of 1024): "20G"."""
     raw = env.get(name)
     if raw is None or not raw.strip():
         return default
+    return parse_size(raw, name)
+
+
+def parse_size(raw: str, name: str) -> int:
+    """A byte count, with an optional K/M/G/T suffix (powers of 1024): "20G"."""
     text = raw.strip().upper().removesuffix("B").removesuffix("I")
     unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
     try:

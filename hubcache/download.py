@@ -197,7 +197,10 @@ class Body:
         self._response.close()
 
     def chunks(self) -> Iterator[bytes]:
-        bar = _progress_bar(self.size, self.handle, self._transport.settings)
+        settings = self._transport.settings
+        bar = _progress_bar(self.size, self.handle, settings)
+        hook = settings.progress_hook or (lambda received, announced: None)
+        hook(0, self.size or 0)
         data = self._first
         try:
             while True:
@@ -208,6 +211,7 @@ class Body:
                     if self._md5 is not None:
                         self._md5.update(data)
                     bar.update(len(data))
+                    hook(len(data), 0)
                     yield data
                 try:
                     data = self._read()

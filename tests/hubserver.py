@@ -74,6 +74,8 @@ class HubServer:
         self.routes: Dict[str, Route] = {}
         self.faults: Dict[str, Fault] = {}
         self.log: List[Request] = []
+        self.in_flight = 0  # blob bodies being sent now...
+        self.max_in_flight = 0  # ...and the most at once
         self._lower = lower_case_paths
         self._lock = threading.Lock()
         self._httpd = _QuietServer((host, 0), _Handler)
@@ -180,6 +182,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(reply.body)
 
     def _send_blob(self, reply: Reply, req: Request, fault: Optional[Fault], head: bool) -> None:
+        hub: HubServer = self.server.hub  # type: ignore[attr-defined]
         data = reply.body
         total = len(data)
         start, end = 0, total  # [start, end)
@@ -211,7 +214,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if head:
             return
-        self._write_body(body, fault)
+        with hub._lock:
+            hub.in_flight += 1
+            hub.max_in_flight = max(hub.max_in_flight, hub.in_flight)
+        try:
+            self._write_body(body, fault)
+        finally:
+            with hub._lock:
+                hub.in_flight -= 1
 
     def _write_body(self, body: bytes, fault: Optional[Fault]) -> None:
         step = 64 * 1024

@@ -1,0 +1,187 @@
+"""Bundles: cache entries in one tar file, to carry to an offline machine.
+
+A bundle is a plain tar: ``hubcache-bundle.json`` first (each entry's handle,
+key, hubcache metadata, and every file's size and SHA-256), then the entries'
+files under ``<key>/``. :func:`import_bundle` extracts it with the safe
+extractor into a staging directory inside the cache, checks every file
+against the manifest, and publishes each entry atomically through
+:meth:`hubcache.cache.Cache.fetch`, so importing twice changes nothing and a
+truncated or altered bundle publishes nothing broken.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import os
+import secrets
+import shutil
+import socket
+import tarfile
+import zlib
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from . import handles
+from ._version import __version__
+from .archive import Limits, extract
+from .cache import IMPORT_PREFIX, Cache
+from .errors import ArchiveError, HubcacheError, IntegrityError
+from .inventory import Entry
+from .resolvers import requires_saved_model
+
+MANIFEST = "hubcache-bundle.json"
+BUNDLE_FORMAT = 1
+
+
+def export_bundle(entries: List[Tuple[Entry, Cache]], out: str) -> Dict[str, Any]:
+    """Write the usable ``entries`` (each with its cache) to the bundle ``out``,
+    atomically. Returns the manifest."""
+    manifest: Dict[str, Any] = {
+        "format": BUNDLE_FORMAT,
+        "hubcache_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "entries": [],
+    }
+    members: List[Tuple[str, str]] = []  # (archive name, path on disk)
+    for entry, cache in entries:
+        files, links = {}, {}
+        for rel, path in _walk(entry.path):
+            if os.path.islink(path):
+                links[rel] = os.readlink(path)
+            else:
+                files[rel] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
+            members.append((f"{entry.key}/{rel}", path))
+        manifest["entries"].append(
+            {
+                "handle": entry.handle,
+                "key": entry.key,
+                "metadata": cache.read_metadata(entry.key),
+                "files": files,
+                "links": links,
+            }
+        )
+    tmp = f"{out}.{os.getpid()}.tmp"
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+            info = tarfile.TarInfo(MANIFEST)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+            for name, path in members:
+                tar.add(path, arcname=name, recursive=False)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return manifest
+
+
+def import_bundle(cache: Cache, bundle: str, *, lock_timeout: float, limits: Limits) -> Iterator[Tuple[str, str]]:
+    """Import ``bundle`` into ``cache``; yields (handle, "imported" or
+    "already present") per entry. Raises :class:`ArchiveError` or
+    :class:`IntegrityError` before publishing anything from a damaged bundle."""
+    cache.ensure_root()
+    staging = os.path.join(cache.root, f"{IMPORT_PREFIX}{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}")
+    os.mkdir(staging)
+    try:
+        with open(bundle, "rb") as f:
+            extract(iter(lambda: f.read(1 << 20), b""), staging, handle=bundle, limits=limits)
+        manifest = _read_manifest(staging, bundle)
+        checked = [(item, _check_item(staging, item, bundle)) for item in manifest["entries"]]
+        for item, metadata in checked:  # every entry checked before any is published
+            handle, key = item["handle"], item["key"]
+            before = cache.lookup(key, require_saved_model=_require(handle), sha256=metadata.get("sha256")).valid
+            cache.fetch(
+                key,
+                handle,
+                lambda tmp, key=key, metadata=metadata: _move_in(os.path.join(staging, key), tmp, metadata),
+                require_saved_model=_require(handle),
+                lock_timeout=lock_timeout,
+                sha256=metadata.get("sha256"),
+            )
+            yield handle, "already present" if before else "imported"
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _read_manifest(staging: str, bundle: str) -> Dict[str, Any]:
+    try:
+        with open(os.path.join(staging, MANIFEST), encoding="utf-8") as f:
+            manifest = json.load(f)
+        entries = manifest["entries"]
+        assert manifest["format"] == BUNDLE_FORMAT and isinstance(entries, list)
+        for item in entries:
+            handles.parse(item["handle"])
+            assert handles.parse(item["handle"]).cache_key == item["key"]
+    except (OSError, ValueError, KeyError, TypeError, AssertionError, HubcacheError):
+        raise ArchiveError(
+            f"{bundle} is not a hubcache bundle (no valid {MANIFEST}): make one with "
+            "`hubcache export HANDLE... -o FILE`.",
+            handle=bundle,
+        ) from None
+    return manifest
+
+
+def _check_item(staging: str, item: Dict[str, Any], bundle: str) -> Dict[str, Any]:
+    """Check an entry's staged files against the manifest; returns the metadata
+    to record for it."""
+    root = os.path.join(staging, item["key"])
+    staged = {rel for rel, _ in _walk(root)}
+    expected = set(item["files"]) | set(item.get("links", {}))
+    if staged != expected:
+        odd = sorted(staged ^ expected)[0]
+        raise IntegrityError(
+            f"{bundle}: the entry of {item['handle']} does not hold the files its manifest lists "
+            f"({odd!r}): the bundle is damaged; export it again.",
+            handle=item["handle"],
+        )
+    sizes, sums = {}, {}
+    for rel, want in item["files"].items():
+        path = os.path.join(root, *rel.split("/"))
+        digest, crc = _sha256(path, with_crc=True)
+        if os.path.getsize(path) != want["size"] or digest != want["sha256"]:
+            raise IntegrityError(
+                f"{bundle}: {rel} of {item['handle']} does not match its SHA-256 in the manifest: "
+                "the bundle is damaged or was altered; export it again.",
+                handle=item["handle"],
+            )
+        sizes[rel], sums[rel] = want["size"], crc
+    metadata = dict(item.get("metadata") or {})
+    metadata.update(files=sizes, crc32=sums, links=item.get("links", {}))
+    metadata.setdefault("source_url", None)
+    return metadata
+
+
+def _move_in(source: str, tmp: str, metadata: Dict[str, Any]) -> Dict[str, Any]:
+    for name in os.listdir(source):
+        os.rename(os.path.join(source, name), os.path.join(tmp, name))
+    out = dict(metadata)
+    out["imported_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return out
+
+
+def _require(handle: str) -> bool:
+    return requires_saved_model(handles.parse(handle))
+
+
+def _walk(root: str) -> Iterator[Tuple[str, str]]:
+    """(relative path, path) of every file and symlink under ``root``."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(filenames) + sorted(d for d in dirnames if os.path.islink(os.path.join(dirpath, d))):
+            path = os.path.join(dirpath, name)
+            yield os.path.relpath(path, root).replace(os.sep, "/"), path
+
+
+def _sha256(path: str, with_crc: bool = False):  # type: ignore[no-untyped-def]
+    digest, crc = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(1 << 20)
+            if not block:
+                break
+            digest.update(block)
+            if with_crc:
+                crc = zlib.crc32(block, crc)
+    return (digest.hexdigest(), crc) if with_crc else digest.hexdigest()

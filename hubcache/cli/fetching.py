@@ -1,0 +1,324 @@
+"""``prefetch``, ``resolve``, ``export`` and ``import``: getting models in and out."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from ..api import entry_metadata, iter_prefetch, resolve_with
+from ..archive import Limits
+from ..cache import Cache
+from ..config import Settings
+from ..errors import ConfigError, HubcacheError
+from ..inventory import Entry, find, format_size
+from .output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, emit_json, error, table
+
+_COMMENT = re.compile(r"(^|\s)#.*$")  # '#' after a space: a URL's #fragment stays
+
+
+def add_commands(command) -> None:  # type: ignore[no-untyped-def]
+    p = command(
+        "prefetch",
+        _prefetch,
+        "download handles into the cache",
+        "Download each handle into the cache. Goes on past a failing handle; exits 1 if any failed.",
+    )
+    p.add_argument("handles", nargs="*", metavar="HANDLE", help="model handles")
+    p.add_argument(
+        "-f",
+        "--file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="read handles from FILE, one a line, each optionally followed by sha256=HEX; "
+        "'#' starts a comment; '-' is stdin. A --lock file is such a file",
+    )
+    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="download N handles at once")
+    p.add_argument("--sha256", metavar="HEX", help="the SHA-256 the archive of the (single) HANDLE must have")
+    p.add_argument(
+        "--lock",
+        metavar="FILE",
+        help="when every handle succeeded, write FILE: each handle with the SHA-256 and size "
+        "of its archive, to verify later with -f FILE --require-hashes",
+    )
+    p.add_argument(
+        "--require-hashes",
+        action="store_true",
+        help="refuse handles without a SHA-256 (from -f or --sha256); a mismatch fails the handle",
+    )
+    p.add_argument("--bundle", metavar="FILE", help="when every handle succeeded, also export them to FILE")
+
+    p = command(
+        "resolve",
+        _resolve,
+        "print the local directory of a handle, downloading it if needed",
+        "Print the local directory of HANDLE, downloading it first if it is not cached.",
+    )
+    p.add_argument("handle", metavar="HANDLE", help="model handle")
+    p.add_argument("--sha256", metavar="HEX", help="the SHA-256 the archive must have")
+
+    p = command(
+        "export",
+        _export,
+        "write cached handles to one bundle file, for an offline machine",
+        "Write the cache entries of the handles to one tar file; `hubcache import` reads it.",
+    )
+    p.add_argument("handles", nargs="*", metavar="HANDLE", help="cached model handles")
+    p.add_argument("-f", "--file", action="append", default=[], metavar="FILE", help="read handles from FILE")
+    p.add_argument("-o", "--output", required=True, metavar="BUNDLE", help="the bundle file to write")
+
+    p = command(
+        "import",
+        _import,
+        "add the entries of bundle files to the cache",
+        "Check every file of each bundle against its manifest, then publish its entries. "
+        "Entries already present are left as they are.",
+    )
+    p.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle files made by `hubcache export`")
+
+
+def read_handle_file(name: str) -> List[Tuple[str, Optional[str]]]:
+    """(handle, sha256 or None) for each line of a handle or lock file."""
+    try:
+        if name == "-":
+            text = sys.stdin.read()
+        else:
+            with open(name, encoding="utf-8") as f:
+                text = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read the handle file {name}: {e.strerror}") from None
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        words = _COMMENT.sub("", line).split()
+        if not words:
+            continue
+        fields = dict(word.partition("=")[::2] for word in words[1:])
+        unknown = set(fields) - {"sha256", "size"}
+        if unknown:
+            raise ConfigError(
+                f"{name}:{number}: unknown field {sorted(unknown)[0]!r}: a line is a handle, "
+                "optionally followed by sha256=HEX (and size=N)"
+            )
+        entries.append((words[0], fields.get("sha256") or None))
+    return entries
+
+
+def gather_handles(args: argparse.Namespace) -> Dict[str, Optional[str]]:
+    """{handle: sha256 or None} from the arguments and -f files, in order."""
+    pins: Dict[str, Optional[str]] = {h: None for h in args.handles}
+    for name in args.file:
+        for handle, sha256 in read_handle_file(name):
+            pins[handle] = sha256 or pins.get(handle)
+    return pins
+
+
+def _prefetch(args: argparse.Namespace, settings: Settings) -> int:
+    pins = gather_handles(args)
+    if not pins:
+        return _usage("no handles given (pass HANDLE... or -f FILE)")
+    if args.jobs < 1:
+        return _usage("--jobs takes a number of at least 1")
+    if args.sha256:
+        if len(pins) != 1:
+            return _usage("--sha256 pins a single handle; for several, put sha256=HEX after each in a -f file")
+        pins = {handle: args.sha256 for handle in pins}
+    if args.require_hashes:
+        unpinned = [h for h, sha in pins.items() if not sha]
+        if unpinned:
+            return _usage(f"--require-hashes: no SHA-256 for {', '.join(unpinned)}")
+    hashes = {h: sha for h, sha in pins.items() if sha}
+    total_bar = _total_bar(settings, len(pins), args.jobs)
+    if total_bar is not None:
+        settings = dataclasses.replace(settings, progress_hook=total_bar.hook)
+    results: Dict[str, Dict[str, Any]] = {}
+    started = time.monotonic()
+    try:
+        for handle, outcome in iter_prefetch(pins, settings, hashes, args.jobs):
+            results[handle] = record(handle, outcome)
+            results[handle]["seconds"] = round(time.monotonic() - started, 3)
+            if args.json:
+                continue
+            if isinstance(outcome, HubcacheError):
+                error(f"{handle}: {outcome}")
+            else:
+                print(f"{handle} -> {outcome}", flush=True)
+    finally:
+        if total_bar is not None:
+            total_bar.close()
+    ordered = [results[h] for h in pins]
+    failed = sum(not r["ok"] for r in ordered)
+    if args.json:
+        emit_json(ordered)
+    elif len(ordered) > 1:
+        _summary(ordered, settings)
+    if failed and not args.json:
+        error(f"{failed} of {len(ordered)} handles failed")
+    for option, write in ((args.lock, _write_lock), (args.bundle, _write_bundle)):
+        if option:
+            if failed:
+                error(f"{option} not written, since handles failed")
+            else:
+                write(option, list(pins), settings)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _resolve(args: argparse.Namespace, settings: Settings) -> int:
+    outcome: Union[str, HubcacheError]
+    try:
+        outcome = resolve_with(args.handle, settings, args.sha256)
+    except HubcacheError as e:
+        outcome = e
+        error(str(e))
+    if args.json:
+        emit_json(record(args.handle, outcome))
+    elif isinstance(outcome, str):
+        print(outcome)
+    return EXIT_FAILED if isinstance(outcome, HubcacheError) else EXIT_OK
+
+
+def record(handle: str, outcome: Union[str, HubcacheError]) -> Dict[str, Any]:
+    """The JSON record of one handle's outcome."""
+    if isinstance(outcome, HubcacheError):
+        return {"handle": handle, "ok": False, "path": None, "error": str(outcome), "error_type": type(outcome).__name__}
+    return {"handle": handle, "ok": True, "path": outcome}
+
+
+def _summary(results: List[Dict[str, Any]], settings: Settings) -> None:
+    rows = []
+    for r in results:
+        metadata = entry_metadata(r["handle"], settings) if r["ok"] else None
+        size = format_size(metadata["bytes"]) if metadata and "bytes" in metadata else "-"
+        rows.append((r["handle"], "ok" if r["ok"] else r["error_type"], size, f"{r['seconds']:.1f} s"))
+    print(table(("HANDLE", "RESULT", "ARCHIVE", "DONE AFTER"), rows, right=(2, 3)), file=sys.stderr)
+
+
+def _write_lock(path: str, handles: List[str], settings: Settings) -> None:
+    lines = [
+        "# hubcache lock file: each handle with the SHA-256 and size of its archive.",
+        f"# Verify or fetch exactly these: hubcache prefetch -f {os.path.basename(path)} --require-hashes",
+    ]
+    for handle in handles:
+        metadata = entry_metadata(handle, settings)
+        if metadata and metadata.get("sha256"):
+            lines.append(f"{handle} sha256={metadata['sha256']} size={metadata['bytes']}")
+        else:
+            why = "no archive hash recorded: a local path, or cached by tensorflow_hub"
+            error(f"{handle} is not pinned in {path}: {why}")
+            lines.append(f"# {handle}  (not pinned: {why})")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_bundle(path: str, handles: List[str], settings: Settings) -> None:
+    found = _find_entries(handles, settings)
+    if isinstance(found, str):
+        error(f"{path} not written: {found}")
+        return
+    from ..bundle import export_bundle
+
+    export_bundle(found, path)
+    print(f"wrote {path}: {len(found)} entries, {format_size(os.path.getsize(path))}", file=sys.stderr)
+
+
+def _find_entries(handles: List[str], settings: Settings) -> Union[str, List[Tuple[Entry, Cache]]]:
+    """The usable cache entry of each remote handle (local paths are skipped),
+    or the reason one is missing."""
+    from ..handles import parse
+
+    found = []
+    for handle in handles:
+        if not parse(handle).is_remote:
+            continue
+        for root, readonly in [(settings.cache_dir, False)] + [(d, True) for d in settings.readonly_dirs]:
+            cache = Cache(root)
+            entry = find(cache, handle, readonly)
+            if entry is not None and entry.usable:
+                found.append((entry, cache))
+                break
+        else:
+            return f"{handle} is not (validly) cached: prefetch it first"
+    return found
+
+
+def _export(args: argparse.Namespace, settings: Settings) -> int:
+    handles = list(gather_handles(args))
+    if not handles:
+        return _usage("no handles given (pass HANDLE... or -f FILE)", "export")
+    found = _find_entries(handles, settings)
+    if isinstance(found, str):
+        error(f"nothing written: {found}")
+        return EXIT_FAILED
+    from ..bundle import export_bundle
+
+    manifest = export_bundle(found, args.output)
+    if args.json:
+        emit_json({"bundle": args.output, "bytes": os.path.getsize(args.output), "handles": [e["handle"] for e in manifest["entries"]]})
+    else:
+        print(f"wrote {args.output}: {len(found)} entries, {format_size(os.path.getsize(args.output))}")
+    return EXIT_OK
+
+
+def _import(args: argparse.Namespace, settings: Settings) -> int:
+    from ..bundle import import_bundle
+
+    cache = Cache(settings.cache_dir)
+    limits = Limits(settings.max_size, settings.max_files, settings.max_ratio)
+    results, failed = [], 0
+    for bundle in args.bundles:
+        try:
+            for handle, outcome in import_bundle(cache, bundle, lock_timeout=settings.lock_timeout, limits=limits):
+                results.append({"bundle": bundle, "handle": handle, "ok": True, "result": outcome})
+                if not args.json:
+                    print(f"{handle}: {outcome}")
+        except (HubcacheError, OSError) as e:
+            failed += 1
+            message = str(e) if isinstance(e, HubcacheError) else f"cannot read it ({e.strerror})"
+            results.append({"bundle": bundle, "ok": False, "error": message, "error_type": type(e).__name__})
+            error(f"{bundle}: {message}")
+    if args.json:
+        emit_json(results)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _usage(message: str, command: str = "prefetch") -> int:
+    error(f"{command}: {message}")
+    return EXIT_USAGE
+
+
+class _TotalBar:
+    """One progress bar over all downloads of a parallel prefetch."""
+
+    def __init__(self, bar) -> None:  # type: ignore[no-untyped-def]
+        self._bar = bar
+        self._lock = threading.Lock()
+
+    def hook(self, received: int, announced: int) -> None:
+        with self._lock:
+            if announced:
+                self._bar.total = (self._bar.total or 0) + announced
+                self._bar.refresh()
+            if received:
+                self._bar.update(received)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _total_bar(settings: Settings, count: int, jobs: int) -> Optional[_TotalBar]:
+    enabled = settings.progress if settings.progress is not None else sys.stderr.isatty()
+    if not enabled or jobs <= 1 or count <= 1:
+        return None
+    from tqdm import tqdm
+
+    return _TotalBar(
+        tqdm(total=0, desc=f"all {count} handles", unit="B", unit_scale=True, unit_divisor=1024,
+             file=sys.stderr, position=0, leave=False, mininterval=0.25)
+    )

@@ -1,0 +1,302 @@
+"""A cache as a whole: what it holds, what to prune, whether entries are intact.
+
+Read-only by itself: removal goes through :meth:`hubcache.cache.Cache.remove`,
+which is atomic per entry and leaves entries in use alone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import zlib
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional
+
+from . import handles
+from .cache import (
+    DESCRIPTOR_SUFFIX,
+    IMPORT_PREFIX,
+    METADATA_SUFFIX,
+    TMP_INFIX,
+    TRASH_INFIX,
+    Cache,
+    owner_is_dead,
+)
+from .errors import HandleError
+from .resolvers import requires_saved_model
+
+OK, FOREIGN, DAMAGED, INCOMPLETE = "ok", "foreign", "damaged", "incomplete"
+
+_KEY = re.compile(r"^[0-9a-f]{40}")
+_TFHUB_TMP = re.compile(r"^[0-9a-f]{40}\.[0-9a-f]{32}\.tmp$")  # tensorflow_hub's
+
+
+@dataclass
+class Entry:
+    """One thing in a cache: an entry, or a download's leftover directory.
+
+    ``state``: ``ok`` (hubcache's, intact), ``foreign`` (tensorflow_hub's,
+    looks intact), ``damaged``, or ``incomplete`` (a download's temporary
+    directory). Times are POSIX timestamps; ``size`` is bytes on disk.
+    """
+
+    key: str
+    path: str
+    handle: Optional[str]
+    state: str
+    problem: Optional[str]
+    size: int
+    files: int
+    fetched_at: Optional[float]
+    last_used: Optional[float]
+    source_url: Optional[str]
+    sha256: Optional[str]
+    readonly: bool
+
+    def to_json(self) -> Dict[str, Any]:
+        out = asdict(self)
+        for name in ("fetched_at", "last_used"):
+            value = out[name]
+            out[name] = _iso(value) if value is not None else None
+        return out
+
+    @property
+    def usable(self) -> bool:
+        return self.state in (OK, FOREIGN)
+
+
+def scan(cache: Cache, readonly: bool = False) -> List[Entry]:
+    """Every entry and leftover in ``cache``, sorted by handle."""
+    try:
+        names = os.listdir(cache.root)
+    except FileNotFoundError:
+        return []
+    found: List[Entry] = []
+    keys = {n[:40] for n in names if _KEY.match(n)}
+    for key in sorted(keys):
+        if key in names or key + METADATA_SUFFIX in names:
+            found.append(describe(cache, key, readonly))
+    for name in names:
+        if name.startswith(IMPORT_PREFIX) or (
+            _KEY.match(name) and (TMP_INFIX in name or TRASH_INFIX in name or _TFHUB_TMP.match(name))
+        ):
+            found.append(_leftover(cache, name, readonly))
+    return sorted(found, key=lambda e: (e.handle or "", e.state))
+
+
+def describe(cache: Cache, key: str, readonly: bool = False) -> Entry:
+    """The entry ``key`` of ``cache``, checked as :meth:`Cache.lookup` checks it."""
+    metadata = cache.read_metadata(key)
+    handle = (metadata or {}).get("handle") or _descriptor_handle(cache, key)
+    status = cache.lookup(key, require_saved_model=_requires_saved_model(handle))
+    if status.valid:
+        state, problem = (OK if metadata else FOREIGN), None
+    else:
+        state, problem = DAMAGED, status.problem or "its directory is missing"
+    size, files = _disk_usage(cache.entry_dir(key))
+    return Entry(
+        key=key,
+        path=cache.entry_dir(key),
+        handle=handle,
+        state=state,
+        problem=problem,
+        size=size,
+        files=files,
+        fetched_at=_parse_time((metadata or {}).get("fetched_at")) or _mtime(cache.entry_dir(key)),
+        last_used=cache.last_used(key),
+        source_url=(metadata or {}).get("source_url"),
+        sha256=(metadata or {}).get("sha256"),
+        readonly=readonly,
+    )
+
+
+def _leftover(cache: Cache, name: str, readonly: bool) -> Entry:
+    key = name[:40] if _KEY.match(name) else ""
+    path = os.path.join(cache.root, name)
+    if name.startswith(IMPORT_PREFIX):
+        owner = name[len(IMPORT_PREFIX) :]
+        problem = "left by an import that died" if owner_is_dead(owner) else "an import in progress"
+    elif TMP_INFIX in name:
+        owner = name[len(key + TMP_INFIX) :]
+        problem = "left by a process that died" if owner_is_dead(owner) else "a download in progress"
+    elif TRASH_INFIX in name:
+        problem = "left by an interrupted removal"
+    else:
+        problem = "tensorflow_hub's download directory"
+    size, files = _disk_usage(path)
+    metadata = cache.read_metadata(key) if key else None
+    return Entry(
+        key=key,
+        path=path,
+        handle=(metadata or {}).get("handle") or (_descriptor_handle(cache, key) if key else None),
+        state=INCOMPLETE,
+        problem=problem,
+        size=size,
+        files=files,
+        fetched_at=_mtime(path),
+        last_used=None,
+        source_url=None,
+        sha256=None,
+        readonly=readonly,
+    )
+
+
+def removable_leftover(cache: Cache, entry: Entry) -> bool:
+    """Whether a leftover directory can go: its process is gone (tensorflow_hub's:
+    no ``<key>.lock`` of tensorflow_hub is present)."""
+    name = os.path.basename(entry.path)
+    if name.startswith(IMPORT_PREFIX):
+        return owner_is_dead(name[len(IMPORT_PREFIX) :])
+    if TMP_INFIX in name:
+        return owner_is_dead(name[len(entry.key + TMP_INFIX) :])
+    if TRASH_INFIX in name:
+        return True
+    return not os.path.exists(os.path.join(cache.root, entry.key + ".lock"))
+
+
+def verify(cache: Cache, entry: Entry) -> Optional[str]:
+    """Check ``entry`` in full: every recorded file's size and CRC-32 (entries
+    made by tensorflow_hub: their structure). Returns the problem, or None."""
+    if entry.state != OK:
+        return entry.problem
+    metadata = cache.read_metadata(entry.key) or {}
+    sums = metadata.get("crc32") or {}
+    for rel, expected in sorted(sums.items()):
+        path = os.path.join(entry.path, *rel.split("/"))
+        crc = 0
+        try:
+            with open(path, "rb") as f:
+                while True:
+                    block = f.read(1 << 20)
+                    if not block:
+                        break
+                    crc = zlib.crc32(block, crc)
+        except OSError as e:
+            return f"{rel} cannot be read ({e.strerror})"
+        if crc != expected:
+            return f"{rel} does not have its recorded content (CRC-32 differs)"
+    return None
+
+
+@dataclass
+class Removal:
+    entry: Entry
+    reason: str
+
+
+def plan_prune(
+    entries: List[Entry],
+    cache: Cache,
+    *,
+    older_than: Optional[float] = None,
+    max_size: Optional[int] = None,
+    damaged: bool = False,
+    temp: bool = False,
+    now: Optional[float] = None,
+) -> List[Removal]:
+    """What ``hubcache prune`` would remove from the writable ``entries``, and why."""
+    now = datetime.datetime.now().timestamp() if now is None else now
+    plan: Dict[str, Removal] = {}
+    writable = [e for e in entries if not e.readonly]
+    for e in writable:
+        if damaged and e.state == DAMAGED:
+            plan[e.path] = Removal(e, f"damaged: {e.problem}")
+        elif temp and e.state == INCOMPLETE and removable_leftover(cache, e):
+            plan[e.path] = Removal(e, f"leftover: {e.problem}")
+        elif older_than is not None and e.usable and (e.last_used or e.fetched_at or now) < now - older_than:
+            plan[e.path] = Removal(e, f"not used for {_age(now - (e.last_used or e.fetched_at or now))}")
+    if max_size is not None:
+        kept = [e for e in writable if e.path not in plan]
+        total = sum(e.size for e in kept)
+        for e in sorted((e for e in kept if e.usable), key=lambda e: e.last_used or e.fetched_at or 0):
+            if total <= max_size:
+                break
+            plan[e.path] = Removal(e, f"least recently used, over {format_size(max_size)}")
+            total -= e.size
+    return list(plan.values())
+
+
+def find(cache: Cache, handle: str, readonly: bool = False) -> Optional[Entry]:
+    """The entry of ``handle`` in ``cache``, or None."""
+    key = handles.parse(handle).cache_key
+    if not (os.path.lexists(cache.entry_dir(key)) or cache.read_metadata(key)):
+        return None
+    return describe(cache, key, readonly)
+
+
+def format_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "30d", "12h", "90m", "2w" or plain seconds."""
+    m = _DURATION.match(text.lower())
+    if not m:
+        raise ValueError(f"{text!r} is not a duration such as 30d, 12h or 90m")
+    return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+def _age(seconds: float) -> str:
+    days = seconds / 86400
+    return f"{days:.0f} days" if days >= 1 else f"{seconds / 3600:.0f} hours"
+
+
+def _requires_saved_model(handle: Optional[str]) -> bool:
+    if not handle:
+        return False
+    try:
+        return requires_saved_model(handles.parse(handle))
+    except HandleError:
+        return False
+
+
+def _descriptor_handle(cache: Cache, key: str) -> Optional[str]:
+    """The handle in tensorflow_hub's descriptor ("Module: <handle>")."""
+    try:
+        with open(os.path.join(cache.root, key + DESCRIPTOR_SUFFIX), encoding="utf-8") as f:
+            first = f.readline().strip()
+    except OSError:
+        return None
+    return first[len("Module: ") :] if first.startswith("Module: ") else None
+
+
+def _disk_usage(path: str) -> "tuple[int, int]":
+    size = files = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in filenames + dirnames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            size += st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+            files += name in filenames
+    return size, files
+
+
+def _mtime(path: str) -> Optional[float]:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+def _parse_time(text: Optional[str]) -> Optional[float]:
+    if not text:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(timespec="seconds")
