@@ -85,8 +85,8 @@ def extract(chunks: Iterable[bytes], dest: str, *, handle: str, limits: Limits =
             pass
     except tarfile.TarError as e:
         raise ArchiveError(
-            f"the archive for {handle} is not a valid tar archive ({e}): the download may be "
-            "corrupt or truncated; try again, and if it persists report it to the publisher.",
+            f"the archive for {handle} is not a valid tar archive ({e}): it is corrupt or "
+            "truncated (a download cut short?); try again, and if it persists report it to the publisher.",
             handle=handle,
         ) from None
     # tarfile takes a stream that stops at a member boundary, or inside a

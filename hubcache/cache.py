@@ -6,6 +6,7 @@ Layout under the root, for an entry whose key is ``K`` (SHA-1 of the handle):
 ``K/``                         the model, exactly as tensorflow_hub lays it out
 ``K.descriptor.txt``           tensorflow_hub's descriptor (informational)
 ``K.hubcache.json``            hubcache's metadata; marks the entry complete
+``K.hubcache.used``            empty; its mtime is the entry's last use
 ``K.hubcache.lock``            hubcache's per-entry lock (tensorflow_hub's is
                                ``K.lock``, which hubcache never creates)
 ``K.hubcache-tmp.<pid>.<r>/``  a download in progress
@@ -42,13 +43,14 @@ from .errors import ArchiveError, CacheError, CacheLockTimeout, HubcacheError, I
 log = logging.getLogger("hubcache")
 
 METADATA_SUFFIX = ".hubcache.json"
+USED_SUFFIX = ".hubcache.used"
 LOCK_SUFFIX = ".hubcache.lock"
 TMP_INFIX = ".hubcache-tmp."
 TRASH_INFIX = ".hubcache-trash."
 IMPORT_PREFIX = ".hubcache-import."  # a bundle being imported: .hubcache-import.<host>.<pid>.<r>/
 DESCRIPTOR_SUFFIX = ".descriptor.txt"
 METADATA_FORMAT = 1
-USE_RESOLUTION_NS = 3600 * 10**9  # last-use times are kept to the hour: one utime an hour
+USE_RESOLUTION_NS = 3600 * 10**9  # last-use times are kept to the hour: one write an hour
 CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
     "# This file is a cache directory tag created by hubcache.\n"
@@ -97,7 +99,9 @@ class Cache:
         """Check the entry ``key`` without locking. With ``sha256``, the entry
         must also have been fetched from an archive with that hash. With
         ``touch``, a valid entry's last-use time is brought up to date (to the
-        hour; silently skipped where the cache is read-only)."""
+        hour, in the mtime of ``K.hubcache.used``, a file nothing reads: with
+        relatime, reading any file may bump its atime; silently skipped where
+        the cache is read-only)."""
         directory = self.entry_dir(key)
         marker = self._sibling(key, METADATA_SUFFIX)
         try:
@@ -107,7 +111,7 @@ class Cache:
             if status.valid and sha256:
                 return Status(None, "it was not fetched by hubcache, so it has no SHA-256 to check")
             if status.valid and touch:
-                _touch(directory)
+                self._touch(key)
             return status
         except OSError as e:
             return Status(None, f"its metadata cannot be read ({e.strerror})")
@@ -124,17 +128,30 @@ class Cache:
         if sha256 and known[1] != sha256.lower():
             return Status(None, f"it was fetched from an archive with SHA-256 {known[1]}, not {sha256}")
         if touch:
-            _touch(marker, st)
+            self._touch(key)
         return Status(directory)
+
+    def _touch(self, key: str) -> None:
+        """Record a use of entry ``key``, to the hour."""
+        path = self._sibling(key, USED_SUFFIX)
+        try:
+            if time.time_ns() - os.stat(path).st_mtime_ns < USE_RESOLUTION_NS:
+                return
+            os.utime(path)
+        except FileNotFoundError:
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666))
+            except OSError:
+                pass  # a read-only cache: uses are not recorded
+        except OSError:
+            pass
 
     def last_used(self, key: str) -> Optional[float]:
         """When entry ``key`` was last used (resolved), as a timestamp, or None."""
-        for path in (self._sibling(key, METADATA_SUFFIX), self.entry_dir(key)):
-            try:
-                return os.stat(path).st_atime
-            except OSError:
-                continue
-        return None
+        try:
+            return os.stat(self._sibling(key, USED_SUFFIX)).st_mtime
+        except OSError:
+            return None
 
     def remove(self, key: str, handle: str) -> bool:
         """Remove entry ``key`` unless a process holds its lock (downloading or
@@ -154,7 +171,7 @@ class Cache:
                 trash = self._sibling(key, f"{TRASH_INFIX}{secrets.token_hex(4)}")
                 os.rename(directory, trash)
                 _remove_tree(trash)
-            for suffix in (METADATA_SUFFIX, DESCRIPTOR_SUFFIX):
+            for suffix in (METADATA_SUFFIX, DESCRIPTOR_SUFFIX, USED_SUFFIX):
                 try:
                     os.unlink(self._sibling(key, suffix))
                 except FileNotFoundError:
@@ -313,6 +330,7 @@ class Cache:
             f"Downloader Hostname: {socket.gethostname()} (PID:{os.getpid()})\n",
         )
         os.rename(tmp, directory)
+        self._touch(key)
         st = os.stat(marker)
         _validated[directory] = ((st.st_ino, st.st_mtime_ns), metadata.get("sha256"))
         log.info("Cached %s in %s", handle, directory)
@@ -460,18 +478,6 @@ def _variables_problem(variables: str) -> Optional[str]:
     if missing:
         return f"variables/variables.data-{missing[0]:05d}-of-{n:05d} went missing"
     return None
-
-
-def _touch(path: str, st: Optional[os.stat_result] = None) -> None:
-    """Record a use of ``path``: its access time, to the hour. The modification
-    time stays, so the entry is not rewritten nor its validation redone."""
-    try:
-        st = st or os.stat(path)
-        now = time.time_ns()
-        if now - st.st_atime_ns > USE_RESOLUTION_NS:
-            os.utime(path, ns=(now, st.st_mtime_ns))
-    except OSError:
-        pass  # read-only cache: uses are not recorded
 
 
 def _write_atomic(path: str, text: str) -> None:

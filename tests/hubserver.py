@@ -234,13 +234,13 @@ class _Handler(BaseHTTPRequestHandler):
             limit = min(limit, fault.stall_after)
         try:
             while sent < limit:
-                piece = body[sent : min(limit, sent + step)]
-                self.wfile.write(piece)
-                sent += len(piece)
-                if fault and fault.bytes_per_second:
+                if fault and fault.bytes_per_second:  # wait before a piece, never after the last
                     ahead = sent / fault.bytes_per_second - (time.monotonic() - began)
                     if ahead > 0:
                         time.sleep(ahead)
+                piece = body[sent : min(limit, sent + step)]
+                self.wfile.write(piece)
+                sent += len(piece)
             self.wfile.flush()
             if fault and fault.stall_after is not None and sent >= fault.stall_after:
                 time.sleep(fault.stall_seconds)
