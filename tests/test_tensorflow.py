@@ -81,3 +81,48 @@ def test_missing_tensorflow_is_explained(env, tmp_path):
     )
     message, is_import_error = run_python(code, env)
     assert "pip install 'hubcache[tf]'" in message and is_import_error
+
+
+LOADER = """
+import json, sys, hubcache, tensorflow as tf
+handle, rounds = sys.argv[1], int(sys.argv[2])
+results = []
+for _ in range(rounds):
+    model = hubcache.load(handle)
+    results.append(model(tf.constant([1.0])).numpy().tolist())
+print(json.dumps(results))
+"""
+
+
+def test_prune_while_another_process_loads(env, hub, tf, saved_model_dir, cache_dir):
+    blob = hub.publish_tfhub("test/affine/1", tar_directory(saved_model_dir))
+    hubcache.resolve(HANDLE)
+    loader = subprocess.Popen(
+        [sys.executable, "-c", LOADER, HANDLE, "25"], env=child_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    removed = skipped = 0
+    from conftest import run_cli
+
+    while loader.poll() is None:
+        r = run_cli("rm", "-y", HANDLE, env=env)
+        removed += "removed 1" in r.stdout
+        skipped += "in use" in r.stderr
+    out, err = loader.communicate()
+    assert loader.returncode == 0, err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1]) == [[4.0]] * 25  # every load got the whole model
+    assert removed >= 1 and hub.storage.count(blob) >= 2  # entries were removed in between, and fetched again
+
+
+def test_cache_filled_by_tensorflow_hub_is_listed_and_verified(env, hub, tf, saved_model_dir, cache_dir):
+    from conftest import run_cli
+
+    url = hub.storage.put("/models/affine.tar.gz", tar_directory(saved_model_dir))
+    code = f"import json, tensorflow as tf, tensorflow_hub as hub; model = hub.load({url!r}); {CALL}"
+    run_python(code, {"TFHUB_CACHE_DIR": cache_dir})
+    r = run_cli("ls", "--json", env=env)
+    (entry,) = json.loads(r.stdout)["entries"]
+    assert (entry["handle"], entry["state"]) == (url, "foreign")  # the handle from tensorflow_hub's descriptor
+    r = run_cli("verify", env=env)
+    assert r.returncode == 0 and r.stdout.strip() == f"{url}: ok"
+    r = run_cli("info", "--signatures", "--json", url, env=env)
+    assert r.returncode == 0 and "serving_default" in json.loads(r.stdout)["signatures"]
