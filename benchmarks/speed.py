@@ -1,0 +1,376 @@
+"""Speed and memory of hubcache against tensorflow_hub, kagglehub and `curl | tar`,
+measured side by side in one run on loopback.
+
+Workloads (built once into --work, default /tmp/hubcache-bench):
+  incompressible  1 GiB of random data in 8 files, tar.gz
+  compressible    1 GiB at a gzip ratio of about 2.45, tar.gz
+  small-files     20,000 files of ~5.4 KiB (108 MiB), tar.gz
+  tiny            a SavedModel-shaped archive of 200 KiB
+
+A separate server process serves them with sendfile. Each tool runs in a fresh
+process per run, extracting into a fresh directory on the same filesystem;
+times are wall-clock medians of --runs runs (tools in Python: measured around
+the fetch itself, after imports). Peak RSS growth is measured in the child,
+from after its imports to the end of the fetch.
+
+    python benchmarks/speed.py [--runs 3] [--work DIR] [--only incompressible,tiny]
+
+Prints Markdown tables: fetches (with ratios to tensorflow_hub and to
+`curl | tar xzf -`), warm resolve per call, import time, and parallel prefetch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zlib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+GIB = 1 << 30
+
+# --------------------------------------------------------------------- workloads
+
+
+def _gzip_tar(path, members, level=6):
+    """Write a tar.gz of (name, bytes-or-generator-of-bytes, size) members, streaming."""
+    comp = zlib.compressobj(level, zlib.DEFLATED, 31)
+    with open(path, "wb") as out:
+
+        class Sink(io.RawIOBase):
+            def writable(self):
+                return True
+
+            def write(self, b):
+                out.write(comp.compress(bytes(b)))
+                return len(b)
+
+        with tarfile.open(fileobj=Sink(), mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for name, content, size in members:
+                info = tarfile.TarInfo(name)
+                info.size = size
+                info.mtime = 1_700_000_000
+                if content is None:  # a directory, listed as tfhub.dev archives list them
+                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(info)
+                elif callable(content):
+                    tar.addfile(info, _GenReader(content()))
+                else:
+                    tar.addfile(info, io.BytesIO(content))
+        out.write(comp.flush())
+
+
+class _GenReader(io.RawIOBase):
+    def __init__(self, gen):
+        self.gen, self.buf = gen, b""
+
+    def readable(self):
+        return True
+
+    def read(self, n=-1):
+        while len(self.buf) < n:
+            more = next(self.gen, b"")
+            if not more:
+                break
+            self.buf += more
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+
+def _random_blocks(total, seed, compressible):
+    rng = random.Random(seed)
+    block = 1 << 20
+    for _ in range(total // block):
+        if compressible:  # about 40 % random bytes, the rest runs: gzip ratio ~2.45
+            noise = rng.randbytes(block * 2 // 5)
+            yield noise + bytes(block - len(noise))
+        else:
+            yield rng.randbytes(block)
+
+
+def build(work):
+    os.makedirs(work, exist_ok=True)
+    specs = {
+        "incompressible": lambda p: _gzip_tar(
+            p, [("saved_model.pb", b"x" * 1000, 1000), ("variables", None, 0)]
+            + [(f"variables/variables.data-{i:05d}-of-00008", (lambda i=i: _random_blocks(GIB // 8, i, False)), GIB // 8) for i in range(8)],
+            level=1,
+        ),
+        "compressible": lambda p: _gzip_tar(
+            p, [("saved_model.pb", b"x" * 1000, 1000), ("variables", None, 0)]
+            + [(f"variables/variables.data-{i:05d}-of-00008", (lambda i=i: _random_blocks(GIB // 8, 100 + i, True)), GIB // 8) for i in range(8)],
+            level=6,
+        ),
+        "small-files": lambda p: _gzip_tar(
+            p, [("saved_model.pb", b"x" * 1000, 1000), ("assets", None, 0)]
+            + [(f"assets/d{i:03d}", None, 0) for i in range(200)]
+            + [(f"assets/d{i // 100:03d}/f{i:05d}.txt", _text(i), len(_text(i))) for i in range(20_000)],
+        ),
+        "tiny": lambda p: _gzip_tar(
+            p, [("saved_model.pb", random.Random(1).randbytes(2000), 2000), ("variables", None, 0),
+                ("variables/variables.index", b"i" * 300, 300),
+                ("variables/variables.data-00000-of-00001", random.Random(2).randbytes(200_000), 200_000)],
+        ),
+    }
+    paths = {}
+    for name, make in specs.items():
+        path = os.path.join(work, f"{name}.tar.gz")
+        if not os.path.exists(path):
+            print(f"building {path} ...", file=sys.stderr, flush=True)
+            make(path + ".part")
+            os.replace(path + ".part", path)
+        paths[name] = path
+    return paths
+
+
+def _text(i):
+    rng = random.Random(i)
+    return (" ".join(f"token{rng.randrange(50000)}" for _ in range(540))).encode()[:5400]
+
+
+# ------------------------------------------------------------------------ server
+
+SERVER = r"""
+import os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+root = sys.argv[1]
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        path = os.path.join(root, self.path.split("?")[0].lstrip("/"))
+        if not os.path.isfile(path):
+            self.send_response(404); self.send_header("Content-Length", "0"); self.end_headers(); return
+        size = os.path.getsize(path)
+        self.send_response(200)
+        self.send_header("Content-Length", str(size))
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+        with open(path, "rb") as f:
+            self.wfile.flush()
+            self.connection.sendfile(f)
+s = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"""
+
+# ------------------------------------------------------------------------- tools
+
+CHILD = r"""
+import json, os, resource, sys, time
+tool, url, out = sys.argv[1:4]
+if tool == "hubcache-zlib":
+    sys.modules["isal"] = None  # the fallback path: no accelerated inflate
+if tool.startswith("hubcache"):
+    import hubcache
+    fetch = lambda: hubcache.resolve(url)
+elif tool == "tensorflow_hub":
+    import tensorflow_hub
+    fetch = lambda: tensorflow_hub.resolve(url)
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter()
+fetch()
+print(json.dumps({"seconds": time.perf_counter() - t,
+                  "rss_growth_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024}))
+"""
+
+
+def run_tool(tool, url, cache):
+    env = dict(os.environ, TFHUB_CACHE_DIR=cache, HUBCACHE_DISABLE_PROGRESS="1", NO_PROXY="*",
+               TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    if tool.startswith("curl"):
+        os.makedirs(cache, exist_ok=True)
+        inflate = "tar xzf - " if tool == "curl | tar xzf -" else "igzip -dc | tar xf - "
+        cmd = f"curl -sf '{url}' | {inflate} -C '{cache}'"
+        t = time.perf_counter()
+        subprocess.run(cmd, shell=True, check=True)
+        return {"seconds": time.perf_counter() - t, "rss_growth_mib": None}
+    r = subprocess.run([sys.executable, "-c", CHILD, tool, url, cache], env=env, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"{tool} failed: {r.stderr[-800:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def available_tools():
+    tools = ["hubcache", "hubcache-zlib", "curl | tar xzf -"]
+    if shutil.which("igzip"):
+        tools.append("curl | igzip -dc | tar x")
+    for module, name in (("tensorflow_hub", "tensorflow_hub"),):
+        try:
+            __import__(module)
+            tools.append(name)
+        except ImportError:
+            print(f"{name} is not installed: not measured", file=sys.stderr)
+    try:
+        import isal  # noqa: F401
+    except ImportError:
+        tools.remove("hubcache")  # hubcache-zlib is what runs
+        print("isal is not installed (pip install 'hubcache[fast]'): hubcache runs on zlib only", file=sys.stderr)
+    return tools
+
+
+# ----------------------------------------------------------------------- measure
+
+
+def fetch_table(paths, port, runs, scratch, only):
+    tools = available_tools()
+    rows = []
+    for workload, path in paths.items():
+        if only and workload not in only:
+            continue
+        url = f"http://127.0.0.1:{port}/{os.path.basename(path)}"
+        results = {}
+        for tool in tools:
+            times, rss = [], []
+            for i in range(runs):
+                cache = os.path.join(scratch, f"{tool.replace(' ', '').replace('|', '_')}-{workload}-{i}")
+                r = run_tool(tool, url, cache)
+                shutil.rmtree(cache, ignore_errors=True)
+                times.append(r["seconds"])
+                if r["rss_growth_mib"] is not None:
+                    rss.append(r["rss_growth_mib"])
+            results[tool] = (statistics.median(times), max(rss) if rss else None)
+            print(f"  {workload:15} {tool:26} {results[tool][0]:.2f} s", file=sys.stderr, flush=True)
+        base_tf = results.get("tensorflow_hub", (None,))[0]
+        base_tar = results["curl | tar xzf -"][0]
+        for tool, (seconds, rss) in results.items():
+            rows.append((
+                workload, tool, f"{seconds:.2f}",
+                f"{seconds / base_tf:.2f}x" if base_tf else "-",
+                f"{seconds / base_tar:.2f}x",
+                f"{rss:.0f} MiB" if rss is not None else "-",
+            ))
+    _print_table(("workload", "tool", "median s", "vs tensorflow_hub", "vs curl|tar", "peak RSS growth"), rows)
+
+
+def warm_resolve(port, scratch, paths):
+    url = f"http://127.0.0.1:{port}/{os.path.basename(paths['tiny'])}"
+    code = r"""
+import os, sys, time
+tool, url, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if tool == "hubcache":
+    import hubcache as m
+else:
+    import tensorflow_hub as m
+m.resolve(url)
+t = time.perf_counter()
+for _ in range(n):
+    m.resolve(url)
+print((time.perf_counter() - t) / n * 1e6)
+"""
+    rows = []
+    for tool, n in (("hubcache", 100_000), ("tensorflow_hub", 2_000)):
+        if tool == "tensorflow_hub" and "tensorflow_hub" not in available_tools():
+            continue
+        cache = os.path.join(scratch, f"warm-{tool}")
+        env = dict(os.environ, TFHUB_CACHE_DIR=cache, NO_PROXY="*", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+        r = subprocess.run([sys.executable, "-c", code, tool, url, str(n)], env=env, capture_output=True, text=True, check=True)
+        rows.append((tool, f"{float(r.stdout.strip().splitlines()[-1]):.1f} us"))
+        shutil.rmtree(cache, ignore_errors=True)
+    _print_table(("warm resolve, in process", "per call"), rows)
+
+
+def startup(port, scratch, paths, runs=15):
+    url = f"http://127.0.0.1:{port}/{os.path.basename(paths['tiny'])}"
+    cache = os.path.join(scratch, "startup")
+    env = dict(os.environ, TFHUB_CACHE_DIR=cache, NO_PROXY="*", PYTHONPATH=REPO)
+    subprocess.run([sys.executable, "-c", f"import hubcache; hubcache.resolve({url!r})"], env=env, check=True)
+    commands = {
+        "python -c pass": "pass",
+        "python -c 'import platformdirs'": "import platformdirs",
+        "python -c 'import hubcache'": "import hubcache",
+        "python -c 'import hubcache; hubcache.resolve(h)' (cached)": f"import hubcache; hubcache.resolve({url!r})",
+    }
+    medians = {}
+    for label, code in commands.items():
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], env=env, check=True)
+            times.append(time.perf_counter() - t)
+        medians[label] = statistics.median(times)
+    base = medians["python -c 'import platformdirs'"]
+    rows = [(label, f"{s * 1000:.0f} ms", f"{s / base:.2f}x") for label, s in medians.items()]
+    _print_table(("fresh process", "median", "vs import platformdirs"), rows)
+    own = medians["python -c 'import hubcache'"] - medians["python -c pass"]
+    print(f"\nimport hubcache costs {own * 1000:.0f} ms over a bare interpreter.\n")
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+def parallel(port, scratch, work):
+    """prefetch --jobs 4 of 8 mid-size archives, against each alone."""
+    names = []
+    for i in range(8):
+        path = os.path.join(work, f"mid-{i}.tar.gz")
+        if not os.path.exists(path):
+            _gzip_tar(path, [("saved_model.pb", b"x", 1), ("variables", None, 0), ("variables/variables.data-00000-of-00001",
+                                                            (lambda i=i: _random_blocks(64 << 20, 200 + i, False)), 64 << 20)], level=1)
+        names.append(f"http://127.0.0.1:{port}/mid-{i}.tar.gz")
+    env = dict(os.environ, NO_PROXY="*", HUBCACHE_DISABLE_PROGRESS="1", PYTHONPATH=REPO)
+    singles = []
+    for url in names:
+        cache = os.path.join(scratch, "single")
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "hubcache", "prefetch", "-q", url], env=dict(env, TFHUB_CACHE_DIR=cache), check=True, stdout=subprocess.DEVNULL)
+        singles.append(time.perf_counter() - t)
+        shutil.rmtree(cache, ignore_errors=True)
+    cache = os.path.join(scratch, "jobs")
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "hubcache", "prefetch", "-q", "--jobs", "4", *names],
+                   env=dict(env, TFHUB_CACHE_DIR=cache), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - t
+    shutil.rmtree(cache, ignore_errors=True)
+    rows = [("8 x 64 MiB, one after another (sum)", f"{sum(singles):.2f} s"),
+            ("slowest single", f"{max(singles):.2f} s"),
+            ("sum / 2 cores", f"{sum(singles) / 2:.2f} s"),
+            ("prefetch --jobs 4", f"{wall:.2f} s")]
+    _print_table(("parallel prefetch", "wall"), rows)
+
+
+def _print_table(headers, rows):
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "---|" * len(headers))
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+    print(flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "hubcache-bench"))
+    parser.add_argument("--only", default="", help="comma-separated workloads (default: all)")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: fetch,warm,startup,parallel")
+    args = parser.parse_args()
+    paths = build(args.work)
+    server = subprocess.Popen([sys.executable, "-c", SERVER, args.work], stdout=subprocess.PIPE, text=True)
+    port = int(server.stdout.readline())
+    scratch = tempfile.mkdtemp(prefix="bench-", dir=args.work)
+    skip = set(filter(None, args.skip.split(",")))
+    try:
+        print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}\n")
+        if "fetch" not in skip:
+            fetch_table(paths, port, args.runs, scratch, set(filter(None, args.only.split(","))))
+        if "warm" not in skip:
+            warm_resolve(port, scratch, paths)
+        if "startup" not in skip:
+            startup(port, scratch, paths)
+        if "parallel" not in skip:
+            parallel(port, scratch, args.work)
+    finally:
+        server.kill()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
