@@ -29,7 +29,7 @@ import re
 import sys
 import time
 from contextlib import contextmanager
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 import requests
@@ -176,8 +176,7 @@ class Body:
         self.size: Optional[int] = int(length) if length.isdigit() else None
         self._etag = headers.get("ETag")
         self._hash = hashlib.sha256()
-        self._md5_expected = _goog_md5(headers.get("x-goog-hash", ""))
-        self._md5 = hashlib.md5() if self._md5_expected else None
+        self._storage_check = _StorageChecksum.from_header(headers.get("x-goog-hash", ""))
         self._skip = 0  # bytes to drop after a restart from zero
         self._first = self._read()  # peeked, to tell a web page from an archive
 
@@ -208,8 +207,8 @@ class Body:
                     self._transport.failures = 0  # progress: the count starts over
                     self.bytes_read += len(data)
                     self._hash.update(data)
-                    if self._md5 is not None:
-                        self._md5.update(data)
+                    if self._storage_check is not None:
+                        self._storage_check.update(data)
                     bar.update(len(data))
                     hook(len(data), 0)
                     yield data
@@ -225,7 +224,13 @@ class Body:
                 self._resume(problem)
         finally:
             bar.close()
-        self._check_md5()
+        if self._storage_check is not None and not self._storage_check.matches():
+            raise IntegrityError(
+                f"the download of {self.handle} does not match the {self._storage_check.name} "
+                f"that {redact(self.url)} gave for it (x-goog-hash): it was corrupted on the way. "
+                "Nothing was cached; try again.",
+                handle=self.handle,
+            )
 
     def _read(self) -> bytes:
         raw = self._response.raw
@@ -307,14 +312,6 @@ class Body:
                 url=redact(url),
             )
 
-    def _check_md5(self) -> None:
-        if self._md5 is None or self._md5.digest() == self._md5_expected:
-            return
-        raise IntegrityError(
-            f"the download of {self.handle} does not match the MD5 that {redact(self.url)} "
-            "gave for it (x-goog-hash): it was corrupted on the way. Nothing was cached; try again.",
-            handle=self.handle,
-        )
 
 
 @contextmanager
@@ -448,16 +445,41 @@ def _content_range(value: str) -> Tuple[Optional[int], Optional[int]]:
     return int(m.group(1)), (int(m.group(2)) if m.group(2) != "*" else None)
 
 
-def _goog_md5(value: str) -> Optional[bytes]:
-    """The MD5 digest in an ``x-goog-hash: crc32c=...,md5=...`` header, if any."""
-    for part in value.split(","):
-        name, _, encoded = part.strip().partition("=")
-        if name == "md5":
+class _StorageChecksum:
+    """The whole-object checksum Cloud Storage sends (``x-goog-hash``), checked
+    as the bytes arrive: CRC32C when google-crc32c is installed (hubcache[fast];
+    0.06 s/GiB), else MD5 (1.2 s/GiB)."""
+
+    def __init__(self, name: str, expected: bytes, digest: Any) -> None:
+        self.name = name
+        self._expected = expected
+        self._digest = digest
+
+    @classmethod
+    def from_header(cls, value: str) -> Optional["_StorageChecksum"]:
+        found = {}
+        for part in value.split(","):
+            name, _, encoded = part.strip().partition("=")
             try:
-                return base64.b64decode(encoded, validate=True)
+                found[name] = base64.b64decode(encoded, validate=True)
             except ValueError:
-                return None
-    return None
+                continue
+        if "crc32c" in found and len(found["crc32c"]) == 4:
+            try:
+                import google_crc32c
+            except ImportError:
+                pass
+            else:
+                return cls("CRC32C", found["crc32c"], google_crc32c.Checksum())
+        if "md5" in found:
+            return cls("MD5", found["md5"], hashlib.md5())
+        return None
+
+    def update(self, data: bytes) -> None:
+        self._digest.update(data)
+
+    def matches(self) -> bool:
+        return bool(self._digest.digest() == self._expected)
 
 
 _ERRNO = re.compile(r"\[Errno -?\d+\][^'\")]*")

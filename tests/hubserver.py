@@ -133,6 +133,20 @@ class HubServer:
             return f
 
 
+def goog_hash(data: bytes) -> str:
+    """Cloud Storage's ``x-goog-hash`` value for ``data``: CRC32C (when
+    google-crc32c is installed) and MD5."""
+    parts = []
+    try:
+        import google_crc32c
+
+        parts.append("crc32c=" + base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode())
+    except ImportError:
+        pass
+    parts.append("md5=" + base64.b64encode(hashlib.md5(data).digest()).decode())
+    return ",".join(parts)
+
+
 class _QuietServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
         pass  # clients hanging up mid-response is what the fault tests do
@@ -203,8 +217,7 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in reply.headers.items():
             self.send_header(k, v)
         if "x-goog-hash" not in {k.lower() for k in reply.headers}:
-            md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
-            self.send_header("x-goog-hash", f"crc32c=AAAAAA==,md5={md5}")
+            self.send_header("x-goog-hash", goog_hash(data))
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("ETag", etag)
         if status == 206:

@@ -167,7 +167,7 @@ def test_content_length_smaller_than_the_body(env, hub, cache_dir, model):
     archive, blob = model
     hub.storage.fault(blob, content_length=len(archive) - 5000)
     # Caught by the storage MD5 or by the gzip/tar checks, whichever comes first.
-    with pytest.raises((hubcache.ArchiveError, hubcache.IntegrityError), match="cut short|ends in the middle|MD5"):
+    with pytest.raises((hubcache.ArchiveError, hubcache.IntegrityError), match="cut short|ends in the middle|MD5|CRC32C"):
         hubcache.resolve(HANDLE)
     nothing_published(cache_dir)
 
@@ -182,15 +182,30 @@ def test_corrupt_bytes_fail_the_gzip_check(env, hub, cache_dir):
     nothing_published(cache_dir)
 
 
-def test_md5_mismatch_from_storage_is_an_integrity_error(env, hub, cache_dir):
-    archive = fake_saved_model(size=SIZE)
-    path = "/bucket/tiny.tar.gz"
-    from hubserver import Reply
+@pytest.mark.parametrize(
+    "which, header",
+    [
+        ("CRC32C", lambda good: "crc32c=AAAAAA==," + good.split(",")[1]),  # right MD5, wrong CRC32C
+        ("MD5", lambda good: "md5=AAAAAAAAAAAAAAAAAAAAAA=="),  # MD5 only, wrong
+    ],
+)
+def test_storage_checksum_mismatch_is_an_integrity_error(env, hub, cache_dir, which, header):
+    pytest.importorskip("google_crc32c")
+    from hubserver import Reply, goog_hash
 
-    hub.storage.route(path, lambda req: Reply(body=archive, headers={"x-goog-hash": "crc32c=AAAAAA==,md5=AAAAAAAAAAAAAAAAAAAAAA=="}, blob=True))
-    with pytest.raises(hubcache.IntegrityError, match="x-goog-hash"):
+    archive = fake_saved_model(size=SIZE)
+    value = header(goog_hash(archive))
+    hub.storage.route("/bucket/tiny.tar.gz", lambda req: Reply(body=archive, headers={"x-goog-hash": value}, blob=True))
+    with pytest.raises(hubcache.IntegrityError, match=f"{which} .*x-goog-hash"):
         hubcache.resolve("gs://bucket/tiny.tar.gz")
     assert leftovers(cache_dir) == [] and not os.path.exists(os.path.join(cache_dir, cache_key("gs://bucket/tiny.tar.gz")))
+
+
+def test_storage_checksum_is_checked_across_resumes(env, hub, cache_dir, model):
+    archive, blob = model  # the hub sends a correct x-goog-hash for the whole object
+    hub.storage.fault(blob, cut_after=150_000, times=2)
+    hubcache.resolve(HANDLE)
+    check_cached(cache_dir, archive)
 
 
 def test_html_instead_of_an_archive(env, hub, cache_dir):
