@@ -2,29 +2,29 @@
 
 Each call reads its settings from the environment when it is made (see
 :mod:`hubcache.config`), so changing ``TFHUB_CACHE_DIR`` between calls works.
+
+A cached handle takes a fast path that reads only the variables locating the
+cache and stats the entry's metadata; everything else (settings, locks,
+HTTP, extraction) is imported and done only when something must be fetched.
 """
 
 from __future__ import annotations
 
-import functools
 import os
-import re
-from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING
 
-from . import handles
-from .cache import Cache
-from .config import Settings, load_settings
-from .errors import (
-    ConfigError,
-    HubcacheError,
-    IntegrityError,
-    ModelNotFoundError,
-    OfflineError,
-    PrefetchError,
-)
-from .resolvers import ArchivePlan, LocalPlan, LocationPlan, plan
+from . import handles, layout
+from .errors import HubcacheError
 
-_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+if TYPE_CHECKING:
+    from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
+
+    from .config import Settings
+    from .resolvers import ArchivePlan
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+_parsed: "Dict[str, handles.Handle]" = {}  # handles seen by this process
+_roots: "Dict[str, str]" = {}  # cache roots as configured -> absolute
 
 
 def resolve(handle: str, *, cache_dir: Optional[str] = None, sha256: Optional[str] = None) -> str:
@@ -45,7 +45,45 @@ def resolve(handle: str, *, cache_dir: Optional[str] = None, sha256: Optional[st
     :class:`~hubcache.IntegrityError` without caching anything.
     Raises a :class:`~hubcache.HubcacheError` subclass on failure.
     """
+    if sha256 is None:
+        path = _cached(handle, cache_dir)
+        if path is not None:
+            return path
+    from .config import load_settings
+
     return resolve_with(handle, load_settings(cache_dir=cache_dir), sha256)
+
+
+def _cached(raw: str, cache_dir: "Optional[str]") -> "Optional[str]":
+    """The valid entry of ``raw`` in the main cache, or None to take the full
+    path (which also raises the errors a bad handle or setting deserves)."""
+    handle = _parsed.get(raw)
+    if handle is None:
+        try:
+            handle = handles.parse(raw)
+        except HubcacheError:
+            return None
+        if len(_parsed) > 4096:
+            _parsed.clear()
+        _parsed[raw] = handle
+    if not handle.is_remote:
+        return None
+    env = os.environ
+    load_format = env.get("TFHUB_MODEL_LOAD_FORMAT")
+    if load_format and load_format.strip().upper() not in ("COMPRESSED", "AUTO"):
+        return None  # UNCOMPRESSED, or a typo that deserves its error
+    configured = cache_dir or env.get("TFHUB_CACHE_DIR") or env.get("HUBCACHE_CACHE_DIR") or ""
+    root = _roots.get(configured)
+    if root is None:
+        from .config import cache_root
+
+        root = cache_root(configured or None, env)
+        if os.path.isabs(os.path.expanduser(configured or "/")):  # not relative to the cwd
+            _roots[configured] = root
+    status = layout.lookup(
+        root, handle.cache_key, require_saved_model=handles.requires_saved_model(handle), touch=True
+    )
+    return status.path
 
 
 def load(
@@ -66,6 +104,8 @@ def load(
     first call. ``cache_dir`` and ``sha256`` are as for :func:`resolve`.
     While TensorFlow reads the files, ``hubcache rm``/``prune`` leave the entry alone.
     """
+    from .cache import Cache
+    from .config import load_settings
     from .loader import load_saved_model
 
     settings = load_settings(cache_dir=cache_dir)
@@ -99,6 +139,9 @@ def prefetch(
     ``sha256`` maps handles to the hashes their archives must have (see
     :func:`resolve`). ``jobs`` downloads that many handles at once.
     """
+    from .config import load_settings
+    from .errors import PrefetchError
+
     settings = load_settings(cache_dir=cache_dir, progress=progress)
     paths: Dict[str, str] = {}
     errors: Dict[str, HubcacheError] = {}
@@ -135,9 +178,15 @@ def iter_prefetch(
             yield future.result()
 
 
-def resolve_with(raw: str, settings: Settings, sha256: Optional[str] = None) -> str:
+def resolve_with(raw: str, settings: "Settings", sha256: "Optional[str]" = None) -> str:
     """:func:`resolve` with explicit settings."""
-    if sha256 is not None and not _SHA256.fullmatch(sha256):
+    import functools
+
+    from .cache import Cache
+    from .errors import ConfigError, IntegrityError, ModelNotFoundError, OfflineError
+    from .resolvers import ArchivePlan, LocalPlan, LocationPlan, plan
+
+    if sha256 is not None and not (len(sha256) == 64 and set(sha256) <= _HEX):
         raise ConfigError(f"the SHA-256 given for {raw} is not 64 hex digits: {sha256!r}.", handle=raw)
     handle = handles.parse(raw)
     how = plan(handle, settings)
@@ -212,7 +261,7 @@ def entry_metadata(raw: str, settings: Settings) -> Optional[Dict[str, Any]]:
     handle = handles.parse(raw)
     if not handle.is_remote:
         return None
-    return Cache(settings.cache_dir).read_metadata(handle.cache_key)
+    return layout.read_metadata(os.path.join(settings.cache_dir, handle.cache_key))
 
 
 def _download(how: ArchivePlan, handle: str, settings: Settings, dest: str) -> Dict[str, Any]:

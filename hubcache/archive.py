@@ -49,8 +49,16 @@ _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_BINARY
 
-crc32: Callable[[Any, int], int] = _gzip_lib.crc32
 ACCELERATED = _gzip_lib is not zlib
+
+
+def crc32(data: Any, value: int) -> int:
+    """CRC-32, by isal for large pieces. Small ones go to zlib, which keeps the
+    GIL for them: isal always releases it, and with the inflate thread busy each
+    release costs a thread switch (20,000 small files: 4.3 s against 0.6 s)."""
+    if ACCELERATED and len(data) >= 1 << 16:
+        return _gzip_lib.crc32(data, value)
+    return zlib.crc32(data, value)
 _DECODE_ERRORS = (zlib.error, getattr(_gzip_lib, "error", zlib.error), lzma.LZMAError, OSError, EOFError, ValueError)
 
 

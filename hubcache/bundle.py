@@ -26,10 +26,11 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from . import handles
 from ._version import __version__
 from .archive import Limits, extract
-from .cache import IMPORT_PREFIX, Cache
+from .cache import Cache
+from .layout import IMPORT_PREFIX
 from .errors import ArchiveError, HubcacheError, IntegrityError
 from .inventory import Entry
-from .resolvers import requires_saved_model
+from .handles import requires_saved_model
 
 MANIFEST = "hubcache-bundle.json"
 BUNDLE_FORMAT = 1

@@ -1,24 +1,10 @@
-"""The cache on disk: layout, validation, locking and atomic publication.
+"""Writing the cache: locks, atomic publication, removal.
 
-Layout under the root, for an entry whose key is ``K`` (SHA-1 of the handle):
-
-=============================  ================================================
-``K/``                         the model, exactly as tensorflow_hub lays it out
-``K.descriptor.txt``           tensorflow_hub's descriptor (informational)
-``K.hubcache.json``            hubcache's metadata; marks the entry complete
-``K.hubcache.used``            empty; its mtime is the entry's last use
-``K.hubcache.lock``            hubcache's per-entry lock (tensorflow_hub's is
-                               ``K.lock``, which hubcache never creates)
-``K.hubcache-tmp.<pid>.<r>/``  a download in progress
-``K.hubcache-trash.<r>/``      a damaged entry being removed
-=============================  ================================================
-
-Readers take no lock: an entry is valid when its directory and metadata are
-both present and the files the metadata lists are there with their sizes.
-Writers download into a temporary sibling directory, write the metadata, and
-rename the directory into place, so a reader never sees half an entry, even if
-the writer is killed. The lock only keeps concurrent processes from
-downloading the same thing twice.
+The layout and the validity checks live in :mod:`hubcache.layout` (readers
+need nothing else). Writers download into a temporary sibling directory, write
+the metadata, and rename the directory into place, so a reader never sees half
+an entry, even if the writer is killed. The lock only keeps concurrent
+processes from downloading the same thing twice.
 """
 
 from __future__ import annotations
@@ -28,53 +14,34 @@ import errno
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import socket
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional
 
+from . import layout
 from ._version import __version__
 from .errors import ArchiveError, CacheError, CacheLockTimeout, HubcacheError, IntegrityError
+from .layout import (
+    DESCRIPTOR_SUFFIX,
+    LOCK_SUFFIX,
+    METADATA_SUFFIX,
+    TMP_INFIX,
+    TRASH_INFIX,
+    USED_SUFFIX,
+    Status,
+)
 
 log = logging.getLogger("hubcache")
 
-METADATA_SUFFIX = ".hubcache.json"
-USED_SUFFIX = ".hubcache.used"
-LOCK_SUFFIX = ".hubcache.lock"
-TMP_INFIX = ".hubcache-tmp."
-TRASH_INFIX = ".hubcache-trash."
-IMPORT_PREFIX = ".hubcache-import."  # a bundle being imported: .hubcache-import.<host>.<pid>.<r>/
-DESCRIPTOR_SUFFIX = ".descriptor.txt"
 METADATA_FORMAT = 1
-USE_RESOLUTION_NS = 3600 * 10**9  # last-use times are kept to the hour: one write an hour
 CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
     "# This file is a cache directory tag created by hubcache.\n"
     "# For information about cache directory tags, see https://bford.info/cachedir/\n"
 )
-SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
-
-#: Entries validated in full by this process: directory -> (identity of its
-#: metadata file when checked, recorded sha256). Later lookups only stat the
-#: metadata file.
-_validated: Dict[str, Tuple[Tuple[int, int], Optional[str]]] = {}
-
-
-@dataclass(frozen=True)
-class Status:
-    """What :meth:`Cache.lookup` found: ``path`` if valid, else why not."""
-
-    path: Optional[str]
-    problem: Optional[str] = None  # None and no path: simply not cached
-
-    @property
-    def valid(self) -> bool:
-        return self.path is not None
-
 
 #: Downloads and extracts into the given empty directory; returns metadata to record
 #: (must include "files": {relative path: size}).
@@ -96,62 +63,16 @@ class Cache:
     def lookup(
         self, key: str, *, require_saved_model: bool, sha256: Optional[str] = None, touch: bool = False
     ) -> Status:
-        """Check the entry ``key`` without locking. With ``sha256``, the entry
-        must also have been fetched from an archive with that hash. With
-        ``touch``, a valid entry's last-use time is brought up to date (to the
-        hour, in the mtime of ``K.hubcache.used``, a file nothing reads: with
-        relatime, reading any file may bump its atime; silently skipped where
-        the cache is read-only)."""
-        directory = self.entry_dir(key)
-        marker = self._sibling(key, METADATA_SUFFIX)
-        try:
-            st = os.stat(marker)
-        except FileNotFoundError:
-            status = self._lookup_foreign(directory, require_saved_model)
-            if status.valid and sha256:
-                return Status(None, "it was not fetched by hubcache, so it has no SHA-256 to check")
-            if status.valid and touch:
-                self._touch(key)
-            return status
-        except OSError as e:
-            return Status(None, f"its metadata cannot be read ({e.strerror})")
-        identity = (st.st_ino, st.st_mtime_ns)
-        known = _validated.get(directory)
-        if known is None or known[0] != identity:
-            if not os.path.isdir(directory):
-                return Status(None)  # metadata written, rename not done: an interrupted publish
-            metadata, problem = _check_entry(directory, marker, require_saved_model)
-            if problem:
-                _validated.pop(directory, None)
-                return Status(None, problem)
-            known = _validated[directory] = (identity, metadata.get("sha256"))
-        if sha256 and known[1] != sha256.lower():
-            return Status(None, f"it was fetched from an archive with SHA-256 {known[1]}, not {sha256}")
-        if touch:
-            self._touch(key)
-        return Status(directory)
-
-    def _touch(self, key: str) -> None:
-        """Record a use of entry ``key``, to the hour."""
-        path = self._sibling(key, USED_SUFFIX)
-        try:
-            if time.time_ns() - os.stat(path).st_mtime_ns < USE_RESOLUTION_NS:
-                return
-            os.utime(path)
-        except FileNotFoundError:
-            try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666))
-            except OSError:
-                pass  # a read-only cache: uses are not recorded
-        except OSError:
-            pass
+        """Check entry ``key`` without locking: see :func:`hubcache.layout.lookup`."""
+        return layout.lookup(self.root, key, require_saved_model=require_saved_model, sha256=sha256, touch=touch)
 
     def last_used(self, key: str) -> Optional[float]:
         """When entry ``key`` was last used (resolved), as a timestamp, or None."""
-        try:
-            return os.stat(self._sibling(key, USED_SUFFIX)).st_mtime
-        except OSError:
-            return None
+        return layout.last_used(self.entry_dir(key))
+
+    def read_metadata(self, key: str) -> Optional[Dict[str, Any]]:
+        """hubcache's metadata of entry ``key``, or None (not cached by hubcache)."""
+        return layout.read_metadata(self.entry_dir(key))
 
     def remove(self, key: str, handle: str) -> bool:
         """Remove entry ``key`` unless a process holds its lock (downloading or
@@ -166,7 +87,7 @@ class Cache:
             return False
         try:
             directory = self.entry_dir(key)
-            _validated.pop(directory, None)
+            layout.forget(directory)
             if os.path.lexists(directory):
                 trash = self._sibling(key, f"{TRASH_INFIX}{secrets.token_hex(4)}")
                 os.rename(directory, trash)
@@ -200,36 +121,6 @@ class Cache:
             yield
         finally:
             os.close(fd)  # closing drops the lock
-
-    def read_metadata(self, key: str) -> Optional[Dict[str, Any]]:
-        """hubcache's metadata of entry ``key``, or None (not cached by hubcache)."""
-        try:
-            with open(self._sibling(key, METADATA_SUFFIX), encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
-
-    def _lookup_foreign(self, directory: str, require_saved_model: bool) -> Status:
-        """An entry without hubcache metadata: tensorflow_hub made it (or nothing did).
-        tensorflow_hub's own rule applies (present and non-empty), plus a
-        SavedModel check where one is required."""
-        try:
-            with os.scandir(directory) as it:
-                names = {e.name for e in it}
-        except (FileNotFoundError, NotADirectoryError):
-            return Status(None)
-        except OSError as e:
-            return Status(None, f"its directory cannot be read ({e.strerror})")
-        if not names:
-            return Status(None, "its directory is empty")
-        if require_saved_model:
-            if not names.intersection(SAVED_MODEL_FILES):
-                return Status(None, "it has no saved_model.pb")
-            problem = _variables_problem(os.path.join(directory, "variables"))
-            if problem:
-                return Status(None, problem)
-        return Status(directory)
 
     def fetch(
         self,
@@ -282,7 +173,7 @@ class Cache:
                     "the download was tampered with; check the pinned hash.",
                     handle=handle,
                 )
-            problem = _check_content(tmp, info["files"], require_saved_model)
+            problem = layout.check_content(info["files"], require_saved_model)
             if problem:
                 raise ArchiveError(
                     f"the archive for {handle} {problem}, so it is not a usable model; nothing "
@@ -330,9 +221,9 @@ class Cache:
             f"Downloader Hostname: {socket.gethostname()} (PID:{os.getpid()})\n",
         )
         os.rename(tmp, directory)
-        self._touch(key)
-        st = os.stat(marker)
-        _validated[directory] = ((st.st_ino, st.st_mtime_ns), metadata.get("sha256"))
+        layout.forget(directory)
+        layout.record_use(directory)
+        layout.remember(directory, metadata)
         log.info("Cached %s in %s", handle, directory)
         return directory
 
@@ -418,66 +309,6 @@ def owner_is_dead(suffix: str) -> bool:
     except PermissionError:
         return False  # alive, another user's
     return False
-
-
-def _check_entry(directory: str, marker: str, require_saved_model: bool) -> Tuple[Dict[str, Any], Optional[str]]:
-    """(metadata, why the entry at ``directory`` is not intact, or None if it is)."""
-    try:
-        with open(marker, encoding="utf-8") as f:
-            metadata = json.load(f)
-        files = dict(metadata["files"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}, "its metadata file is unreadable"
-    return metadata, _check_files(directory, files, require_saved_model)
-
-
-def _check_files(directory: str, files: Dict[str, int], require_saved_model: bool) -> Optional[str]:
-    """Why the files recorded for ``directory`` are not all there, or None."""
-    missing = []
-    for rel, size in files.items():
-        try:
-            st = os.stat(os.path.join(directory, *rel.split("/")))
-        except OSError:
-            missing.append(rel)
-            continue
-        if st.st_size != size:
-            return f"{rel} has {st.st_size} bytes instead of {size}"
-    if missing:
-        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        return f"{missing[0]}{more} went missing"
-    return _check_content(directory, files, require_saved_model)
-
-
-def _check_content(directory: str, files: Dict[str, int], require_saved_model: bool) -> Optional[str]:
-    if not files:
-        return "holds no files"
-    if require_saved_model and not any(name in files for name in SAVED_MODEL_FILES):
-        return "has no saved_model.pb at its root"
-    return None
-
-
-_SHARD = re.compile(r"variables\.data-(\d+)-of-(\d+)$")
-
-
-def _variables_problem(variables: str) -> Optional[str]:
-    """Why a SavedModel's ``variables/`` is incomplete, or None: every shard
-    that ``variables.data-i-of-n`` names, and the index, must be there."""
-    try:
-        names = set(os.listdir(variables))
-    except FileNotFoundError:
-        return None  # a SavedModel without variables
-    except OSError as e:
-        return f"its variables cannot be read ({e.strerror})"
-    counts = {int(m.group(2)) for m in map(_SHARD.match, names) if m}
-    if not counts:
-        return "variables/variables.index is there without its data" if "variables.index" in names else None
-    if "variables.index" not in names:
-        return "variables/variables.index went missing"
-    n = max(counts)
-    missing = [i for i in range(n) if f"variables.data-{i:05d}-of-{n:05d}" not in names]
-    if missing:
-        return f"variables/variables.data-{missing[0]:05d}-of-{n:05d} went missing"
-    return None
 
 
 def _write_atomic(path: str, text: str) -> None:

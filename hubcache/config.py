@@ -147,12 +147,16 @@ def settings_report(
 
 
 def _cache_dir(override: Optional[str], env: Mapping[str, str]) -> str:
-    raw = override or env.get("TFHUB_CACHE_DIR") or env.get("HUBCACHE_CACHE_DIR")
-    if not raw:
+    return cache_root(override or env.get("TFHUB_CACHE_DIR") or env.get("HUBCACHE_CACHE_DIR"), env)
+
+
+def cache_root(configured: Optional[str], env: Mapping[str, str]) -> str:
+    """The absolute cache root: ``configured``, else platformdirs' user cache dir."""
+    if not configured:
         import platformdirs  # imported here: only needed when no directory is configured
 
-        raw = platformdirs.user_cache_dir("hubcache", appauthor=False)
-    return os.path.abspath(os.path.expanduser(os.fspath(raw)))
+        configured = platformdirs.user_cache_dir("hubcache", appauthor=False)
+    return os.path.abspath(os.path.expanduser(os.fspath(configured)))
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -13,7 +13,10 @@ Messages name the handle and say what to do next.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Optional
 
 
 class HubcacheError(Exception):

@@ -7,14 +7,14 @@ it, so both tools share cache entries (a trailing slash is another entry).
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
-from dataclasses import dataclass
-from typing import Tuple
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING
 
 from .errors import HandleError
+from .layout import cache_key
+
+if TYPE_CHECKING:
+    from typing import List, Tuple
 
 LOCAL = "local"
 TFHUB = "tfhub"
@@ -36,39 +36,40 @@ ACCEPTED_FORMS = """\
   - Google Cloud Storage: gs://<bucket>/<path>.tar.gz (or .tgz, .tar)
   - any http(s) URL of a .tar or .tar.gz archive"""
 
-_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
 
 
-@dataclass(frozen=True)
 class Handle:
-    """A parsed handle.
+    """A parsed handle (immutable).
 
     ``location`` depends on ``kind``: the filesystem path (local), the URL path
     without trailing slash (tfhub, kaggle, tfhub-cn), ``bucket/object`` (gcs),
     or the whole URL (url). ``query`` is the query string the user wrote.
     ``kaggle`` holds (owner, model, framework, variation, version) for Kaggle.
+    ``cache_key`` is the cache entry's name: the SHA-1 hex of ``raw``.
     """
 
-    raw: str
-    kind: str
-    location: str
-    query: str = ""
-    kaggle: Tuple[str, ...] = ()
+    __slots__ = ("raw", "kind", "location", "query", "kaggle", "cache_key")
 
-    @property
-    def cache_key(self) -> str:
-        """The cache entry name: 40 hex chars of SHA-1 of the handle as written."""
-        return cache_key(self.raw)
+    def __init__(self, raw: str, kind: str, location: str, query: str = "", kaggle: "Tuple[str, ...]" = ()) -> None:
+        self.raw = raw
+        self.kind = kind
+        self.location = location
+        self.query = query
+        self.kaggle = kaggle
+        self.cache_key = cache_key(raw) if kind != LOCAL else ""
 
     @property
     def is_remote(self) -> bool:
         return self.kind != LOCAL
 
+    def __repr__(self) -> str:
+        return f"Handle({self.raw!r}, kind={self.kind!r})"
 
-def cache_key(raw: str) -> str:
-    """SHA-1 hex of ``raw``: the directory tensorflow_hub (and hubcache) cache it in."""
-    return hashlib.sha1(raw.encode("utf8")).hexdigest()
+
+def requires_saved_model(handle: Handle) -> bool:
+    """Whether a cache entry for ``handle`` must hold a SavedModel (plain archives need not)."""
+    return handle.kind in (TFHUB, KAGGLE, TFHUB_CN)
 
 
 def parse(raw: str) -> Handle:
@@ -87,10 +88,9 @@ def parse(raw: str) -> Handle:
             "pass the handle without spaces or newlines.",
             handle=raw,
         )
-    scheme_match = _SCHEME.match(raw)
-    if not scheme_match or _WINDOWS_DRIVE.match(raw):
+    scheme = _scheme(raw)
+    if not scheme or _is_windows_drive(raw):
         return Handle(raw, LOCAL, os.path.abspath(os.path.expanduser(raw)))
-    scheme = scheme_match.group(1).lower()
     if scheme == "file":
         return _parse_file_url(raw)
     if scheme == "gs":
@@ -104,16 +104,45 @@ def parse(raw: str) -> Handle:
     )
 
 
+def _scheme(raw: str) -> str:
+    """The lower-case scheme of ``scheme://...``, or "" if ``raw`` has none."""
+    scheme, sep, _ = raw.partition("://")
+    if not sep or not scheme or not scheme[0].isalpha() or not set(scheme) <= _SCHEME_CHARS:
+        return ""
+    return scheme.lower()
+
+
+def _is_windows_drive(text: str) -> bool:
+    return len(text) > 2 and text[0].isalpha() and text[1] == ":" and text[2] in "\\/"
+
+
+def _split(url: str) -> "Tuple[str, str, str]":
+    """(netloc, path, query) of ``scheme://netloc/path?query#fragment``."""
+    rest = url.partition("://")[2].partition("#")[0]
+    rest, _, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    return netloc, slash + path, query
+
+
+def _hostname(netloc: str) -> str:
+    host = netloc.rpartition("@")[2]
+    if host.startswith("["):  # [IPv6]:port
+        return host[1:].partition("]")[0].lower()
+    return host.partition(":")[0].lower()
+
+
 def _parse_file_url(raw: str) -> Handle:
-    parts = urlsplit(raw)
-    if parts.netloc not in ("", "localhost"):
+    from urllib.parse import unquote
+
+    netloc, path, _ = _split(raw)
+    if netloc not in ("", "localhost"):
         raise HandleError(
-            f"handle {raw!r} names the remote host {parts.netloc!r}: file:// URLs must be "
+            f"handle {raw!r} names the remote host {netloc!r}: file:// URLs must be "
             "local (file:///path or file://localhost/path).",
             handle=raw,
         )
-    path = unquote(parts.path)
-    if os.name == "nt" and _WINDOWS_DRIVE.match(path[1:]):
+    path = unquote(path)
+    if os.name == "nt" and _is_windows_drive(path[1:]):
         path = path[1:]  # file:///C:/models -> C:/models
     return Handle(raw, LOCAL, os.path.abspath(path))
 
@@ -131,11 +160,11 @@ def _parse_gcs(raw: str) -> Handle:
 
 
 def _parse_http(raw: str) -> Handle:
-    parts = urlsplit(raw)
-    host = (parts.hostname or "").lower()
+    netloc, url_path, query = _split(raw)
+    host = _hostname(netloc)
     if not host:
         raise HandleError(f"handle {raw!r} is a URL without a host.", handle=raw)
-    segments = [s for s in parts.path.split("/") if s]
+    segments = [s for s in url_path.split("/") if s]
     path = "/" + "/".join(segments)
     if host in TFHUB_HOSTS:
         if len(segments) < 3 or not segments[-1].isdigit():
@@ -144,9 +173,9 @@ def _parse_http(raw: str) -> Handle:
                 "https://tfhub.dev/<publisher>/<model>/<version>, the version a number.",
                 handle=raw,
             )
-        return Handle(raw, TFHUB, path, parts.query)
+        return Handle(raw, TFHUB, path, query)
     if host in KAGGLE_HOSTS:
-        return Handle(raw, KAGGLE, path, parts.query, _kaggle_parts(raw, segments))
+        return Handle(raw, KAGGLE, path, query, _kaggle_parts(raw, segments))
     if host == TFHUB_CN_HOST:
         if not segments:
             raise HandleError(
@@ -154,13 +183,15 @@ def _parse_http(raw: str) -> Handle:
                 f"https://{TFHUB_CN_HOST}/<publisher>/<model>/<version>.",
                 handle=raw,
             )
-        return Handle(raw, TFHUB_CN, path, parts.query)
-    return Handle(raw, URL, raw, parts.query)
+        return Handle(raw, TFHUB_CN, path, query)
+    return Handle(raw, URL, raw, query)
 
 
-def _kaggle_parts(raw: str, segments: "list[str]") -> Tuple[str, ...]:
+def _kaggle_parts(raw: str, segments: "List[str]") -> "Tuple[str, ...]":
     """(owner, model, framework, variation, version) from a Kaggle model URL path."""
-    parts: Tuple[str, ...] = ()
+    from urllib.parse import unquote
+
+    parts: "Tuple[str, ...]" = ()
     if segments[:1] == ["models"]:
         rest = [unquote(s) for s in segments[1:]]
         if len(rest) == 5:

@@ -14,17 +14,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
 from . import handles
-from .cache import (
-    DESCRIPTOR_SUFFIX,
-    IMPORT_PREFIX,
-    METADATA_SUFFIX,
-    TMP_INFIX,
-    TRASH_INFIX,
-    Cache,
-    owner_is_dead,
-)
+from .cache import Cache, owner_is_dead
+from .layout import DESCRIPTOR_SUFFIX, IMPORT_PREFIX, METADATA_SUFFIX, TMP_INFIX, TRASH_INFIX
 from .errors import HandleError
-from .resolvers import requires_saved_model
+from .handles import requires_saved_model
 
 OK, FOREIGN, DAMAGED, INCOMPLETE = "ok", "foreign", "damaged", "incomplete"
 

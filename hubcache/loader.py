@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable, Optional, Union
 
-from .cache import SAVED_MODEL_FILES
+from .layout import SAVED_MODEL_FILES
 from .errors import ModelNotFoundError, TensorFlowNotInstalled
 
 

@@ -54,7 +54,7 @@ def plan(handle: h.Handle, settings: Settings) -> Plan:
     kind = handle.kind
     if kind == h.LOCAL:
         return LocalPlan(handle.location)
-    require = requires_saved_model(handle)
+    require = h.requires_saved_model(handle)
     if kind == h.GCS:
         url = f"{settings.gcs_endpoint}/{quote(handle.location, safe='/')}"
         return ArchivePlan((url,), require)
@@ -85,11 +85,6 @@ def plan(handle: h.Handle, settings: Settings) -> Plan:
         urls += (f"{settings.kaggle_endpoint}/api/v1/models/{api}/download",)
     # tfhub.dev redirects to Kaggle, so both kinds may need the Kaggle credentials.
     return ArchivePlan(urls, require, credentials_origin=origin(settings.kaggle_endpoint))
-
-
-def requires_saved_model(handle: h.Handle) -> bool:
-    """Whether a cache entry for ``handle`` must hold a SavedModel (plain archives need not)."""
-    return handle.kind in (h.TFHUB, h.KAGGLE, h.TFHUB_CN)
 
 
 def with_format(url: str, value: str) -> str:

@@ -156,3 +156,55 @@ def test_memory_stays_bounded_on_a_highly_compressible_stream(box):
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert os.path.getsize(box / "zeros") == size
     assert grown_kib < 64 * 1024, f"peak RSS grew by {grown_kib} KiB"
+
+
+def test_zlib_fallback_without_isal(tmp_path):
+    """The accelerated inflate is optional: without isal, zlib does the same job."""
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    archive = tmp_path / "m.tar.gz"
+    archive.write_bytes(make_tar(fake_saved_model_files().items()))
+    code = (
+        "import sys; sys.modules['isal'] = None\n"
+        "import hubcache.archive as a, json\n"
+        f"r = a.extract([open({str(archive)!r}, 'rb').read()], {str(tmp_path / 'out')!r}, handle='h')\n"
+        "print(json.dumps([a.ACCELERATED, r.files]))\n"
+    )
+    (tmp_path / "out").mkdir()
+    out = subprocess.run([sys.executable, "-c", code], env=child_env({}), capture_output=True, text=True, check=True)
+    accelerated, files = __import__("json").loads(out.stdout)
+    assert accelerated is False
+    assert files == {k: len(v) for k, v in fake_saved_model_files().items()}
+    assert read_tree(str(tmp_path / "out")) == fake_saved_model_files()
+
+
+def test_gnu_long_names_and_pax_paths(box):
+    import io
+    import tarfile
+
+    long_name = "variables/" + "x" * 150 + "/data.bin"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo(long_name)
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+        link = tarfile.TarInfo("l" * 120)
+        link.type, link.linkname = tarfile.SYMTYPE, long_name
+        tar.addfile(link)
+    extract([buf.getvalue()], str(box), handle="h")
+    assert (box / long_name).read_bytes() == b"abc" and os.readlink(box / ("l" * 120)) == long_name
+    pax = make_tar([Member("p" * 200 + "/ü.txt", b"pax")], "")  # PAX_FORMAT: a long, non-ASCII path
+    dest = box / "pax"
+    dest.mkdir()
+    extract([pax], str(dest), handle="h")
+    assert (dest / ("p" * 200) / "ü.txt").read_bytes() == b"pax"
+
+
+def test_corrupt_header_checksum(box):
+    data = bytearray(make_tar(fake_saved_model_files().items(), ""))
+    data[600] ^= 0xFF  # inside the second header block (after a pax header)
+    with pytest.raises(ArchiveError, match="checksum|not a valid tar"):
+        extract([bytes(data)], str(box), handle="h")

@@ -246,7 +246,7 @@ def test_damaged_entry_is_downloaded_again_with_a_warning(env, hub, cache_dir, c
     path = hubcache.resolve(TFHUB)
     # What a /tmp cleaner does: delete files, leave directories.
     os.remove(os.path.join(path, "variables", "variables.data-00000-of-00001"))
-    import hubcache.cache as cache_module
+    import hubcache.layout as cache_module
 
     cache_module._validated.clear()  # a new process: nothing validated yet
     with caplog.at_level(logging.WARNING, logger="hubcache"):
@@ -260,7 +260,7 @@ def test_damaged_entry_offline_is_an_error_not_a_broken_model(env, hub, monkeypa
     hub.publish_tfhub("google/tiny/1", fake_saved_model())
     path = hubcache.resolve(TFHUB)
     os.remove(os.path.join(path, "saved_model.pb"))
-    import hubcache.cache as cache_module
+    import hubcache.layout as cache_module
 
     cache_module._validated.clear()
     monkeypatch.setenv("HUBCACHE_OFFLINE", "1")

@@ -69,7 +69,7 @@ def test_disk_full_is_a_clear_error_and_loses_nothing(env, hub, tmp_path, monkey
         assert leftovers(str(cache)) == []
         assert not os.path.exists(os.path.join(cache, cache_key(BIG)))
         assert shutil.disk_usage(cache).free >= free_before - 64 * 1024  # the partial download is gone
-        import hubcache.cache as cache_module
+        import hubcache.layout as cache_module
 
         cache_module._validated.clear()
         assert hubcache.resolve(SMALL) == small and read_tree(small) == before
@@ -163,7 +163,7 @@ def test_cache_shared_by_two_users(env, hub, monkeypatch):
         for path in (big, os.path.join(big, "variables")):
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o755
         assert stat.S_IMODE(os.stat(os.path.join(big, "saved_model.pb")).st_mode) == 0o644
-        import hubcache.cache as cache_module
+        import hubcache.layout as cache_module
 
         cache_module._validated.clear()
         assert hubcache.resolve(BIG) == big

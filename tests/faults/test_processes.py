@@ -134,7 +134,7 @@ def test_live_downloads_are_never_swept_only_dead_ones(env, hub, cache_dir):
 def test_publish_keeps_an_entry_another_process_published_meanwhile(env, hub, cache_dir, monkeypatch):
     """Simulates a lock that did not exclude: while we download, a valid entry
     appears. It must be kept (readers may hold it), ours discarded."""
-    from hubcache import cache as cache_module
+    from hubcache import layout as cache_module
 
     hub.publish_tfhub("google/tiny/1", fake_saved_model())
     first = hubcache.resolve(HANDLE)
@@ -142,16 +142,16 @@ def test_publish_keeps_an_entry_another_process_published_meanwhile(env, hub, ca
     os.remove(first + ".hubcache.json")
     os.remove(os.path.join(first, "saved_model.pb"))  # damaged: we will download again...
     cache_module._validated.clear()
-    real_check = cache_module._check_content
+    real_check = cache_module.check_content
 
-    def other_process_repairs_it(directory, files, require):
+    def other_process_repairs_it(files, require):
         # ...and "another process" repairs and publishes the entry in the meantime.
-        if ".hubcache-tmp." in directory and not os.path.exists(os.path.join(first, "saved_model.pb")):
+        if not os.path.exists(os.path.join(first, "saved_model.pb")):
             with open(os.path.join(first, "saved_model.pb"), "wb") as f:
                 f.write(fake_saved_model_files()["saved_model.pb"])
-        return real_check(directory, files, require)
+        return real_check(files, require)
 
-    monkeypatch.setattr(cache_module, "_check_content", other_process_repairs_it)
+    monkeypatch.setattr(cache_module, "check_content", other_process_repairs_it)
     assert hubcache.resolve(HANDLE) == first
     assert os.stat(first).st_ino == inode  # the same directory: not moved to trash
     assert leftovers(cache_dir) == []

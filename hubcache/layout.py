@@ -1,0 +1,247 @@
+"""The cache's names on disk, and the checks that say whether an entry is valid.
+
+This is the warm path of every ``resolve``: it imports only ``os`` and ``time``
+(``json`` when an entry is first checked in a process), so that
+``python -c "import hubcache; hubcache.resolve(h)"`` costs little more than the
+interpreter. Writing the cache is :mod:`hubcache.cache`'s job.
+
+Names under the root, for an entry whose key is ``K`` (SHA-1 of the handle):
+
+=============================  ================================================
+``K/``                         the model, exactly as tensorflow_hub lays it out
+``K.descriptor.txt``           tensorflow_hub's descriptor (informational)
+``K.hubcache.json``            hubcache's metadata; marks the entry complete
+``K.hubcache.used``            empty; its mtime is the entry's last use
+``K.hubcache.lock``            hubcache's per-entry lock (tensorflow_hub's is
+                               ``K.lock``, which hubcache never creates)
+``K.hubcache-tmp.<h>.<p>.<r>/``  a download in progress (host, pid, random)
+``K.hubcache-trash.<r>/``      an entry being removed
+=============================  ================================================
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: importing typing costs the warm path
+    from typing import Any, Dict, Optional, Tuple
+
+try:  # the interpreter's built-in SHA-1: importing hashlib loads OpenSSL (~4 ms)
+    from _sha1 import sha1 as _sha1
+except ImportError:  # pragma: no cover - interpreters without it
+    from hashlib import sha1 as _sha1
+
+METADATA_SUFFIX = ".hubcache.json"
+USED_SUFFIX = ".hubcache.used"
+LOCK_SUFFIX = ".hubcache.lock"
+DESCRIPTOR_SUFFIX = ".descriptor.txt"
+TMP_INFIX = ".hubcache-tmp."
+TRASH_INFIX = ".hubcache-trash."
+IMPORT_PREFIX = ".hubcache-import."  # a bundle being imported: .hubcache-import.<host>.<pid>.<r>/
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+USE_RESOLUTION = 3600.0  # last-use times are kept to the hour: one write an hour
+
+#: Entries checked in full by this process: directory -> (identity of its
+#: metadata file when checked, recorded sha256). Later lookups only stat the
+#: metadata file.
+_validated: "Dict[str, Tuple[Tuple[int, int], Optional[str]]]" = {}
+#: When this process last recorded a use of each entry (monotonic seconds).
+_touched: "Dict[str, float]" = {}
+
+
+def cache_key(raw: str) -> str:
+    """SHA-1 hex of ``raw``: the directory tensorflow_hub (and hubcache) cache it in."""
+    return _sha1(raw.encode("utf8")).hexdigest()
+
+
+class Status:
+    """What :func:`lookup` found: ``path`` if valid, else why not."""
+
+    __slots__ = ("path", "problem")
+
+    def __init__(self, path: "Optional[str]", problem: "Optional[str]" = None) -> None:
+        self.path = path
+        self.problem = problem  # None and no path: simply not cached
+
+    @property
+    def valid(self) -> bool:
+        return self.path is not None
+
+
+def lookup(
+    root: str, key: str, *, require_saved_model: bool, sha256: "Optional[str]" = None, touch: bool = False
+) -> Status:
+    """Check entry ``key`` of the cache at ``root``, without locking.
+
+    The first check in a process stats every file the metadata lists; later
+    ones only stat the metadata file. With ``sha256``, the entry must have
+    been fetched from an archive with that hash. With ``touch``, a valid
+    entry's last use is recorded (to the hour, in the mtime of
+    ``K.hubcache.used``: with relatime, reading any file may bump its atime;
+    silently skipped where the cache is read-only).
+    """
+    directory = os.path.join(root, key)
+    marker = directory + METADATA_SUFFIX
+    try:
+        st = os.stat(marker)
+    except FileNotFoundError:
+        status = _lookup_foreign(directory, require_saved_model)
+        if status.path is not None and sha256:
+            return Status(None, "it was not fetched by hubcache, so it has no SHA-256 to check")
+    except OSError as e:
+        return Status(None, f"its metadata cannot be read ({e.strerror})")
+    else:
+        identity = (st.st_ino, st.st_mtime_ns)
+        known = _validated.get(directory)
+        if known is None or known[0] != identity:
+            if not os.path.isdir(directory):
+                return Status(None)  # metadata written, rename not done: an interrupted publish
+            metadata, problem = check_entry(directory, marker, require_saved_model)
+            if problem:
+                _validated.pop(directory, None)
+                return Status(None, problem)
+            known = _validated[directory] = (identity, metadata.get("sha256"))
+        if sha256 and known[1] != sha256.lower():
+            return Status(None, f"it was fetched from an archive with SHA-256 {known[1]}, not {sha256}")
+        status = Status(directory)
+    if touch and status.path is not None:
+        record_use(directory)
+    return status
+
+
+def remember(directory: str, metadata: "Dict[str, Any]") -> None:
+    """Note a just-published entry as checked, so its first use is cheap."""
+    st = os.stat(directory + METADATA_SUFFIX)
+    _validated[directory] = ((st.st_ino, st.st_mtime_ns), metadata.get("sha256"))
+
+
+def forget(directory: str) -> None:
+    _validated.pop(directory, None)
+    _touched.pop(directory, None)
+
+
+def record_use(directory: str) -> None:
+    """Record a use of the entry at ``directory``, to the hour."""
+    now = time.monotonic()
+    if now - _touched.get(directory, -USE_RESOLUTION) < USE_RESOLUTION:
+        return  # recorded by this process within the hour
+    _touched[directory] = now
+    path = directory + USED_SUFFIX
+    try:
+        if time.time() - os.stat(path).st_mtime < USE_RESOLUTION:
+            return
+        os.utime(path)
+    except FileNotFoundError:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666))
+        except OSError:
+            pass  # a read-only cache: uses are not recorded
+    except OSError:
+        pass
+
+
+def last_used(directory: str) -> "Optional[float]":
+    """When the entry at ``directory`` was last used (resolved), or None."""
+    try:
+        return os.stat(directory + USED_SUFFIX).st_mtime
+    except OSError:
+        return None
+
+
+def read_metadata(directory: str) -> "Optional[Dict[str, Any]]":
+    """hubcache's metadata of the entry at ``directory``, or None."""
+    import json
+
+    try:
+        with open(directory + METADATA_SUFFIX, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _lookup_foreign(directory: str, require_saved_model: bool) -> Status:
+    """An entry without hubcache metadata: tensorflow_hub made it (or nothing did).
+    tensorflow_hub's own rule applies (present and non-empty), plus a
+    SavedModel check where one is required."""
+    try:
+        names = set(os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return Status(None)
+    except OSError as e:
+        return Status(None, f"its directory cannot be read ({e.strerror})")
+    if not names:
+        return Status(None, "its directory is empty")
+    if require_saved_model:
+        if not names.intersection(SAVED_MODEL_FILES):
+            return Status(None, "it has no saved_model.pb")
+        problem = _variables_problem(os.path.join(directory, "variables"))
+        if problem:
+            return Status(None, problem)
+    return Status(directory)
+
+
+def check_entry(directory: str, marker: str, require_saved_model: bool) -> "Tuple[Dict[str, Any], Optional[str]]":
+    """(metadata, why the entry at ``directory`` is not intact, or None if it is)."""
+    import json
+
+    try:
+        with open(marker, encoding="utf-8") as f:
+            metadata = json.load(f)
+        files = dict(metadata["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}, "its metadata file is unreadable"
+    return metadata, check_files(directory, files, require_saved_model)
+
+
+def check_files(directory: str, files: "Dict[str, int]", require_saved_model: bool) -> "Optional[str]":
+    """Why the files recorded for ``directory`` are not all there, or None."""
+    missing = []
+    for rel, size in files.items():
+        try:
+            st = os.stat(os.path.join(directory, rel))
+        except OSError:
+            missing.append(rel)
+            continue
+        if st.st_size != size:
+            return f"{rel} has {st.st_size} bytes instead of {size}"
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        return f"{missing[0]}{more} went missing"
+    return check_content(files, require_saved_model)
+
+
+def check_content(files: "Dict[str, int]", require_saved_model: bool) -> "Optional[str]":
+    """Why a set of extracted files is not a usable entry, or None."""
+    if not files:
+        return "holds no files"
+    if require_saved_model and not any(name in files for name in SAVED_MODEL_FILES):
+        return "has no saved_model.pb at its root"
+    return None
+
+
+def _variables_problem(variables: str) -> "Optional[str]":
+    """Why a SavedModel's ``variables/`` is incomplete, or None: every shard
+    that ``variables.data-i-of-n`` names, and the index, must be there."""
+    try:
+        names = set(os.listdir(variables))
+    except FileNotFoundError:
+        return None  # a SavedModel without variables
+    except OSError as e:
+        return f"its variables cannot be read ({e.strerror})"
+    counts = set()
+    for name in names:
+        head, _, total = name.rpartition("-of-")
+        if head.startswith("variables.data-") and head[15:].isdigit() and total.isdigit():
+            counts.add(int(total))
+    if not counts:
+        return "variables/variables.index is there without its data" if "variables.index" in names else None
+    if "variables.index" not in names:
+        return "variables/variables.index went missing"
+    n = max(counts)
+    missing = [i for i in range(n) if f"variables.data-{i:05d}-of-{n:05d}" not in names]
+    if missing:
+        return f"variables/variables.data-{missing[0]:05d}-of-{n:05d} went missing"
+    return None
