@@ -205,6 +205,6 @@ def test_gnu_long_names_and_pax_paths(box):
 
 def test_corrupt_header_checksum(box):
     data = bytearray(make_tar(fake_saved_model_files().items(), ""))
-    data[600] ^= 0xFF  # inside the second header block (after a pax header)
+    data[2560 + 10] ^= 0xFF  # the second header (after 512 + 4 x 512 bytes of the first member)
     with pytest.raises(ArchiveError, match="checksum|not a valid tar"):
         extract([bytes(data)], str(box), handle="h")
