@@ -8,12 +8,16 @@ Workloads (built once into --work, default /tmp/hubcache-bench):
   tiny            a SavedModel-shaped archive of 200 KiB
 
 A separate server process serves them with sendfile. Each tool runs in a fresh
-process per run, extracting into a fresh directory on the same filesystem;
+process per run, extracting into a fresh directory on the same filesystem
+(--target, default tmpfs at /dev/shm: this machine's disk slows down for
+minutes after gigabytes are written, which would measure the VM, not the tools;
+the tools' order rotates from run to run);
 times are wall-clock medians of --runs runs (tools in Python: measured around
-the fetch itself, after imports). Peak RSS growth is measured in the child,
-from after its imports to the end of the fetch.
+the fetch itself, after imports). Peak RSS growth is measured in the child
+(VmHWM), from after ``import <tool>`` to the end of the fetch: for hubcache
+that includes importing requests and friends, which it does lazily.
 
-    python benchmarks/speed.py [--runs 3] [--work DIR] [--only incompressible,tiny]
+    python benchmarks/speed.py [--runs 3] [--work DIR] [--target DIR] [--only incompressible,tiny]
 
 Prints Markdown tables: fetches (with ratios to tensorflow_hub and to
 `curl | tar xzf -`), warm resolve per call, import time, and parallel prefetch.
@@ -167,7 +171,7 @@ s.serve_forever()
 # ------------------------------------------------------------------------- tools
 
 CHILD = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
 tool, url, out = sys.argv[1:4]
 if tool == "hubcache-zlib":
     sys.modules["isal"] = None  # the fallback path: no accelerated inflate
@@ -177,11 +181,12 @@ if tool.startswith("hubcache"):
 elif tool == "tensorflow_hub":
     import tensorflow_hub
     fetch = lambda: tensorflow_hub.resolve(url)
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_kib():  # VmHWM: ru_maxrss would carry the forking parent's peak
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+rss = peak_kib()
 t = time.perf_counter()
 fetch()
-print(json.dumps({"seconds": time.perf_counter() - t,
-                  "rss_growth_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024}))
+print(json.dumps({"seconds": time.perf_counter() - t, "rss_growth_mib": (peak_kib() - rss) / 1024}))
 """
 
 
@@ -229,17 +234,18 @@ def fetch_table(paths, port, runs, scratch, only):
         if only and workload not in only:
             continue
         url = f"http://127.0.0.1:{port}/{os.path.basename(path)}"
-        results = {}
-        for tool in tools:
-            times, rss = [], []
-            for i in range(runs):
+        times = {tool: [] for tool in tools}
+        rss = {tool: [] for tool in tools}
+        for i in range(runs):
+            for tool in tools[i % len(tools):] + tools[: i % len(tools)]:  # rotate the order
                 cache = os.path.join(scratch, f"{tool.replace(' ', '').replace('|', '_')}-{workload}-{i}")
                 r = run_tool(tool, url, cache)
                 shutil.rmtree(cache, ignore_errors=True)
-                times.append(r["seconds"])
+                times[tool].append(r["seconds"])
                 if r["rss_growth_mib"] is not None:
-                    rss.append(r["rss_growth_mib"])
-            results[tool] = (statistics.median(times), max(rss) if rss else None)
+                    rss[tool].append(r["rss_growth_mib"])
+        results = {t: (statistics.median(times[t]), max(rss[t]) if rss[t] else None) for t in tools}
+        for tool in tools:
             print(f"  {workload:15} {tool:26} {results[tool][0]:.2f} s", file=sys.stderr, flush=True)
         base_tf = results.get("tensorflow_hub", (None,))[0]
         base_tar = results["curl | tar xzf -"][0]
@@ -349,16 +355,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "hubcache-bench"))
+    parser.add_argument("--target", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
+                        help="where the tools extract (default: tmpfs at /dev/shm, else --work)")
     parser.add_argument("--only", default="", help="comma-separated workloads (default: all)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: fetch,warm,startup,parallel")
     args = parser.parse_args()
     paths = build(args.work)
+    # Byte-compile hubcache as an installation does (this environment may set
+    # PYTHONDONTWRITEBYTECODE, and an editable install then compiles on every import).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(REPO, "hubcache")], check=True)
     server = subprocess.Popen([sys.executable, "-c", SERVER, args.work], stdout=subprocess.PIPE, text=True)
     port = int(server.stdout.readline())
-    scratch = tempfile.mkdtemp(prefix="bench-", dir=args.work)
+    scratch = tempfile.mkdtemp(prefix="hubcache-bench-", dir=args.target or args.work)
     skip = set(filter(None, args.skip.split(",")))
     try:
-        print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}\n")
+        print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; extracting into {scratch}\n")
         if "fetch" not in skip:
             fetch_table(paths, port, args.runs, scratch, set(filter(None, args.only.split(","))))
         if "warm" not in skip:

@@ -37,7 +37,7 @@ try:  # the optional accelerated inflate and CRC (pip install 'hubcache[fast]')
 except ImportError:
     _gzip_lib = zlib  # type: ignore[misc]
 
-OUT_SIZE = 4 << 20  # most bytes one inflate step hands on
+OUT_SIZE = 2 << 20  # most bytes one inflate step hands on
 QUEUE_DEPTH = 4  # chunks waiting between two stages
 RATIO_FLOOR = 256 << 20  # the ratio bound applies once this many bytes came out
 BLOCK = 512

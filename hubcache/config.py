@@ -16,6 +16,7 @@ from typing import Callable, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .layout import cache_root
 
 DEFAULT_TFHUB_ENDPOINT = "https://tfhub.dev"
 DEFAULT_KAGGLE_ENDPOINT = "https://www.kaggle.com"
@@ -147,16 +148,10 @@ def settings_report(
 
 
 def _cache_dir(override: Optional[str], env: Mapping[str, str]) -> str:
-    return cache_root(override or env.get("TFHUB_CACHE_DIR") or env.get("HUBCACHE_CACHE_DIR"), env)
+    return cache_root(override or env.get("TFHUB_CACHE_DIR") or env.get("HUBCACHE_CACHE_DIR"))
 
 
-def cache_root(configured: Optional[str], env: Mapping[str, str]) -> str:
-    """The absolute cache root: ``configured``, else platformdirs' user cache dir."""
-    if not configured:
-        import platformdirs  # imported here: only needed when no directory is configured
 
-        configured = platformdirs.user_cache_dir("hubcache", appauthor=False)
-    return os.path.abspath(os.path.expanduser(os.fspath(configured)))
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

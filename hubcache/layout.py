@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing (2 ms) on the warm path
 
 if TYPE_CHECKING:  # annotations only: importing typing costs the warm path
     from typing import Any, Dict, Optional, Tuple
@@ -49,6 +49,15 @@ USE_RESOLUTION = 3600.0  # last-use times are kept to the hour: one write an hou
 _validated: "Dict[str, Tuple[Tuple[int, int], Optional[str]]]" = {}
 #: When this process last recorded a use of each entry (monotonic seconds).
 _touched: "Dict[str, float]" = {}
+
+
+def cache_root(configured: "Optional[str]") -> str:
+    """The absolute cache root: ``configured``, else platformdirs' user cache dir."""
+    if not configured:
+        import platformdirs  # imported here: only needed when no directory is configured
+
+        configured = platformdirs.user_cache_dir("hubcache", appauthor=False)
+    return os.path.abspath(os.path.expanduser(os.fspath(configured)))
 
 
 def cache_key(raw: str) -> str:
