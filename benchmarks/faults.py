@@ -14,6 +14,7 @@ Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -99,7 +100,7 @@ class Bench:
 def kill_mid_download(b):
     data = fake_saved_model(1, SIZE)
     url = b.publish("kill", data)
-    b.hub.storage.fault(f"/models/kill.tar.gz", bytes_per_second=len(data) // 4, times=1)
+    b.hub.storage.fault("/models/kill.tar.gz", bytes_per_second=len(data) // 4, times=1)
     victim = subprocess.Popen([sys.executable, "-c", CHILD[b.tool] + CHILD_TAIL, url], env=b.env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -182,9 +183,7 @@ def main():
     args = parser.parse_args()
     tools = [t for t in args.tools.split(",") if t]
     if "tensorflow_hub" in tools:
-        try:
-            import tensorflow_hub  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("tensorflow_hub") is None:
             print("tensorflow_hub is not installed: measuring hubcache only", file=sys.stderr)
             tools.remove("tensorflow_hub")
     header = "| fault | " + " | ".join(f"{t}: outcome | {t}: time" for t in tools) + " |"

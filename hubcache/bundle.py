@@ -21,7 +21,7 @@ import shutil
 import socket
 import tarfile
 import zlib
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 from . import handles
 from ._version import __version__

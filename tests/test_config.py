@@ -2,7 +2,6 @@
 
 import base64
 import json
-import os
 
 import pytest
 
@@ -24,8 +23,6 @@ def test_default_cache_dir_is_persistent_user_cache(monkeypatch, tmp_path):
 
 
 def test_settings_are_read_at_call_time(monkeypatch, tmp_path):
-    import hubcache  # noqa: F401 - already imported: must not have frozen anything
-
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "later"))
     assert load_settings().cache_dir == str(tmp_path / "later")
 

@@ -1,7 +1,5 @@
 """Handle parsing and planning: every accepted form, and clear errors for the rest."""
 
-import os
-
 import pytest
 
 from hubcache import HandleError

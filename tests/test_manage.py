@@ -3,7 +3,6 @@ verify, export/import, env, prefetch --jobs/--bundle, read-only layers."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import pytest
 import hubcache
 import hubcache.layout as layout
 from archives import fake_saved_model, fake_saved_model_files, read_tree
-from conftest import child_env, leftovers, run_cli
+from conftest import leftovers, run_cli
 from hubcache.handles import cache_key
 
 TINY = "https://tfhub.dev/google/tiny/1"

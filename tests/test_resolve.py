@@ -1,12 +1,10 @@
 """hubcache.resolve end to end against the loopback hub: every handle form,
 HTTP errors, offline mode, damaged entries, metadata, credentials."""
 
-import base64
 import hashlib
 import json
 import logging
 import os
-import shutil
 import stat
 
 import pytest

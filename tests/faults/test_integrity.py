@@ -8,7 +8,6 @@ import shutil
 import pytest
 
 import hubcache
-import hubcache.layout as cache_module
 from archives import fake_saved_model, fake_saved_model_files, read_tree
 from conftest import leftovers, result_of, run_cli, spawn_resolver
 from hubcache.handles import cache_key

@@ -12,7 +12,7 @@ import os
 import pytest
 
 import hubcache
-from archives import fake_saved_model, fake_saved_model_files, make_tar, read_tree
+from archives import fake_saved_model, fake_saved_model_files, read_tree
 from conftest import leftovers
 from hubcache.handles import cache_key
 
