@@ -107,14 +107,15 @@ def load(
     from .loader import load_saved_model
 
     settings = load_settings(cache_dir=cache_dir)
-    while True:
+    for _ in range(5):  # an entry removed between resolving and locking is fetched again
         path = resolve_with(handle, settings, sha256)
         key = os.path.basename(path)
         if os.path.dirname(path) != settings.cache_dir or len(key) != 40:
-            return load_saved_model(path, handle=handle, tags=tags, options=options)
+            break  # a local path, a read-only layer, or a gs:// location: nothing prunes it here
         with Cache(settings.cache_dir).reading(key):
-            if os.path.isdir(path):  # not removed between resolving and locking
+            if os.path.isdir(path):
                 return load_saved_model(path, handle=handle, tags=tags, options=options)
+    return load_saved_model(path, handle=handle, tags=tags, options=options)
 
 
 def prefetch(

@@ -80,10 +80,6 @@ class Extracted:
     crc32: Dict[str, int] = field(default_factory=dict)
     links: Dict[str, str] = field(default_factory=dict)
 
-    @property
-    def size(self) -> int:
-        return sum(self.files.values())
-
 
 def extract(chunks: Iterable[bytes], dest: str, *, handle: str, limits: Limits = Limits()) -> Extracted:
     """Extract the archive whose bytes ``chunks`` yields into the existing,
