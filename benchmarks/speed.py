@@ -11,7 +11,8 @@ A separate server process serves them with sendfile. Each tool runs in a fresh
 process per run, extracting into a fresh directory on the same filesystem
 (--target, default tmpfs at /dev/shm: this machine's disk slows down for
 minutes after gigabytes are written, which would measure the VM, not the tools;
-the tools' order rotates from run to run);
+the tools' order rotates from run to run; "temp disk" is the peak use of
+that filesystem beyond what is left at the end, sampled every 10 ms);
 times are wall-clock medians of --runs runs (tools in Python: measured around
 the fetch itself, after imports). Peak RSS growth is measured in the child
 (VmHWM), from after the tool's imports to the end of the fetch (hubcache
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import zlib
 
@@ -194,7 +196,38 @@ print(json.dumps({"seconds": time.perf_counter() - t, "rss_growth_mib": (peak_ki
 """
 
 
+class DiskPeak:
+    """Samples the target filesystem's usage while a tool runs: the peak above
+    what is left at the end is what the tool held on disk besides its result
+    (an archive copy, say)."""
+
+    def __init__(self, path):
+        self.path, self.peak, self._stop = path, 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, shutil.disk_usage(self.path).used)
+            time.sleep(0.01)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.extra = max(0, self.peak - shutil.disk_usage(self.path).used)
+
+
 def run_tool(tool, url, cache):
+    with DiskPeak(os.path.dirname(cache)) as disk:
+        result = _run_tool(tool, url, cache)
+    result["temp_disk_mib"] = disk.extra / (1 << 20)
+    return result
+
+
+def _run_tool(tool, url, cache):
     env = dict(os.environ, TFHUB_CACHE_DIR=cache, HUBCACHE_DISABLE_PROGRESS="1", NO_PROXY="*",
                TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
     if tool.startswith("curl"):
@@ -238,27 +271,31 @@ def fetch_table(paths, port, runs, scratch, only):
         url = f"http://127.0.0.1:{port}/{os.path.basename(path)}"
         times = {tool: [] for tool in tools}
         rss = {tool: [] for tool in tools}
+        temp = {tool: [] for tool in tools}
         for i in range(runs):
             for tool in tools[i % len(tools):] + tools[: i % len(tools)]:  # rotate the order
                 cache = os.path.join(scratch, f"{tool.replace(' ', '').replace('|', '_')}-{workload}-{i}")
                 r = run_tool(tool, url, cache)
                 shutil.rmtree(cache, ignore_errors=True)
                 times[tool].append(r["seconds"])
+                temp[tool].append(r["temp_disk_mib"])
                 if r["rss_growth_mib"] is not None:
                     rss[tool].append(r["rss_growth_mib"])
-        results = {t: (statistics.median(times[t]), max(rss[t]) if rss[t] else None) for t in tools}
+        results = {t: (statistics.median(times[t]), max(rss[t]) if rss[t] else None, max(temp[t])) for t in tools}
         for tool in tools:
             print(f"  {workload:15} {tool:26} {results[tool][0]:.2f} s", file=sys.stderr, flush=True)
         base_tf = results.get("tensorflow_hub", (None,))[0]
         base_tar = results["curl | tar xzf -"][0]
-        for tool, (seconds, rss) in results.items():
+        for tool, (seconds, rss, extra) in results.items():
             rows.append((
                 workload, tool, f"{seconds:.2f}",
                 f"{seconds / base_tf:.2f}x" if base_tf else "-",
                 f"{seconds / base_tar:.2f}x",
                 f"{rss:.0f} MiB" if rss is not None else "-",
+                f"{extra:.0f} MiB",
             ))
-    _print_table(("workload", "tool", "median s", "vs tensorflow_hub", "vs curl|tar", "peak RSS growth"), rows)
+    _print_table(("workload", "tool", "median s", "vs tensorflow_hub", "vs curl|tar", "peak RSS growth",
+                  "temp disk"), rows)
 
 
 def warm_resolve(port, scratch, paths):
