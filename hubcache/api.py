@@ -248,7 +248,7 @@ def resolve_with(raw: str, settings: "Settings", sha256: "Optional[str]" = None)
         key,
         raw,
         functools.partial(_download, how, raw, settings),
-        require_saved_model=how.require_saved_model,
+        require_saved_model=require,
         lock_timeout=settings.lock_timeout,
         sha256=sha256,
     )

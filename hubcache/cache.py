@@ -112,6 +112,10 @@ class Cache:
             yield
             return
         try:
+            os.fchmod(fd, 0o666)  # as filelock does: the umask must not lock other users out
+        except OSError:
+            pass  # another user's lock file: already shared
+        try:
             import fcntl
 
             fcntl.flock(fd, fcntl.LOCK_SH)

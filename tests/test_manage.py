@@ -301,3 +301,21 @@ def test_last_use_is_recorded_without_rewriting_the_entry(env, hub, cache_dir):
     layout._touched.clear()
     hubcache.resolve(TINY)
     assert os.stat(used).st_mtime_ns == stamp
+
+
+def test_lock_file_made_by_a_reader_is_shareable(env, hub):
+    """hubcache.load's reading lock creates the lock file when there is none: it
+    must be 0666 like the download lock, or another user could not lock the entry."""
+    hub.publish_tfhub("google/tiny/1", fake_saved_model(1))
+    path = hubcache.resolve(TINY)
+    lock = path + ".hubcache.lock"
+    os.remove(lock)
+    old = os.umask(0o022)
+    try:
+        from hubcache.cache import Cache
+
+        with Cache(os.path.dirname(path)).reading(os.path.basename(path)):
+            pass
+    finally:
+        os.umask(old)
+    assert os.stat(lock).st_mode & 0o777 == 0o666
