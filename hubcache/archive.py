@@ -163,7 +163,6 @@ class _Pipe:
         while True:
             item = self._queue.get()
             if item is _END:
-                self._queue.put(_END)  # iterating again also ends at once
                 return
             if isinstance(item, _Raised):
                 raise item.error
@@ -426,6 +425,9 @@ class _TarReader:
         if n > self._unread:
             raise ValueError("reading past the member's data")
         self._unread -= n
+        return self._pieces(n)
+
+    def _pieces(self, n: int) -> Iterator[memoryview]:
         while n:
             if not self._view and not self._more():
                 raise self._truncated()
@@ -435,12 +437,8 @@ class _TarReader:
             yield piece
 
     def _skip(self, n: int) -> None:
-        while n:
-            if not self._view and not self._more():
-                raise self._truncated()
-            step = min(n, len(self._view))
-            self._view = self._view[step:]
-            n -= step
+        for _ in self._pieces(n):
+            pass
 
     def _truncated(self) -> ArchiveError:
         return ArchiveError(

@@ -172,8 +172,7 @@ class Body:
         self._transport = transport
         self._response = response
         headers = response.headers
-        length = headers.get("Content-Length", "")
-        self.size: Optional[int] = int(length) if length.isdigit() else None
+        self.size = _content_length(response)
         self._etag = headers.get("ETag")
         self._hash = hashlib.sha256()
         self._storage_check = _StorageChecksum.from_header(headers.get("x-goog-hash", ""))
@@ -278,8 +277,7 @@ class Body:
             self._check_same(response, url, full)
             self.size = full if full is not None else self.size
         elif status == 200:
-            length = response.headers.get("Content-Length", "")
-            self._check_same(response, url, int(length) if length.isdigit() else None)
+            self._check_same(response, url, _content_length(response))
             log.info("%s: the server ignores Range; reading again from the start", self.handle)
             self._skip = self.bytes_read
         elif status == 416:
@@ -311,7 +309,6 @@ class Body:
                 handle=self.handle,
                 url=redact(url),
             )
-
 
 
 @contextmanager
@@ -421,6 +418,11 @@ def _http_error(status: int, url: str, transport: Transport, extra: str = "") ->
     else:
         advice = f"unexpected HTTP {status} from {where} while downloading {handle}."
     return DownloadError(advice + extra, handle=handle, url=where, status=status)
+
+
+def _content_length(response: requests.Response) -> Optional[int]:
+    length = response.headers.get("Content-Length", "")
+    return int(length) if length.isdigit() else None
 
 
 def _retry_after(value: Optional[str]) -> Optional[float]:
