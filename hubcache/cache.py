@@ -26,6 +26,7 @@ from ._version import __version__
 from .errors import ArchiveError, CacheError, CacheLockTimeout, HubcacheError, IntegrityError
 from .layout import (
     DESCRIPTOR_SUFFIX,
+    IMPORT_PREFIX,
     LOCK_SUFFIX,
     METADATA_SUFFIX,
     TMP_INFIX,
@@ -218,8 +219,8 @@ class Cache:
             size=sum(info["files"].values()),
         )
         marker = self._sibling(key, METADATA_SUFFIX)
-        _write_atomic(marker, json.dumps(metadata, indent=1, sort_keys=True))
-        _write_atomic(
+        write_atomic(marker, json.dumps(metadata, indent=1, sort_keys=True))
+        write_atomic(
             self._sibling(key, DESCRIPTOR_SUFFIX),
             f"Module: {handle}\nDownload Time: {datetime.datetime.now()}\n"
             f"Downloader Hostname: {socket.gethostname()} (PID:{os.getpid()})\n",
@@ -236,7 +237,7 @@ class Cache:
         os.makedirs(self.root, exist_ok=True)
         tag = os.path.join(self.root, "CACHEDIR.TAG")
         if not os.path.exists(tag):
-            _write_atomic(tag, CACHEDIR_TAG)
+            write_atomic(tag, CACHEDIR_TAG)
 
     def _remove_leftovers(self, key: str) -> None:
         """Delete what dead processes left of ``key``: trash, and temporary
@@ -244,9 +245,7 @@ class Cache:
         with os.scandir(self.root) as it:
             names = [e.name for e in it if e.name.startswith(key)]
         for name in names:
-            if name.startswith(key + TRASH_INFIX) or (
-                name.startswith(key + TMP_INFIX) and owner_is_dead(name[len(key + TMP_INFIX) :])
-            ):
+            if stale_leftover(name):
                 log.info("Removing %s, left by an interrupted download", name)
                 _remove_tree(os.path.join(self.root, name))
 
@@ -299,6 +298,17 @@ class _EntryLock:
         self.release()
 
 
+def stale_leftover(name: str) -> bool:
+    """Whether hubcache's leftover directory ``name`` (temporary, trash or
+    import staging) can go: trash always, the others once their process is gone."""
+    if TRASH_INFIX in name:
+        return True
+    for marker in (TMP_INFIX, IMPORT_PREFIX):
+        if marker in name:
+            return owner_is_dead(name.partition(marker)[2])
+    return False
+
+
 def owner_is_dead(suffix: str) -> bool:
     """Whether the process of a temporary directory (``<host>.<pid>.<random>``)
     is known to be gone: on this host, with no such pid. Other hosts' are kept."""
@@ -315,7 +325,8 @@ def owner_is_dead(suffix: str) -> bool:
     return False
 
 
-def _write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text: str) -> None:
+    """Write ``path`` whole or not at all (a temporary file renamed over it)."""
     tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         with open(tmp, "w", encoding="utf-8") as f:

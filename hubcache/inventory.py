@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
 from . import handles
-from .cache import Cache, owner_is_dead
+from .cache import Cache, owner_is_dead, stale_leftover
 from .layout import DESCRIPTOR_SUFFIX, IMPORT_PREFIX, METADATA_SUFFIX, TMP_INFIX, TRASH_INFIX
+from .config import Settings
 from .errors import HandleError
 from .handles import requires_saved_model
 
@@ -139,13 +140,9 @@ def removable_leftover(cache: Cache, entry: Entry) -> bool:
     """Whether a leftover directory can go: its process is gone (tensorflow_hub's:
     no ``<key>.lock`` of tensorflow_hub is present)."""
     name = os.path.basename(entry.path)
-    if name.startswith(IMPORT_PREFIX):
-        return owner_is_dead(name[len(IMPORT_PREFIX) :])
-    if TMP_INFIX in name:
-        return owner_is_dead(name[len(entry.key + TMP_INFIX) :])
-    if TRASH_INFIX in name:
-        return True
-    return not os.path.exists(os.path.join(cache.root, entry.key + ".lock"))
+    if _TFHUB_TMP.match(name):
+        return not os.path.exists(os.path.join(cache.root, entry.key + ".lock"))
+    return stale_leftover(name)
 
 
 def verify(cache: Cache, entry: Entry) -> Optional[str]:
@@ -213,9 +210,15 @@ def plan_prune(
 def find(cache: Cache, handle: str, readonly: bool = False) -> Optional[Entry]:
     """The entry of ``handle`` in ``cache``, or None."""
     key = handles.parse(handle).cache_key
-    if not (os.path.lexists(cache.entry_dir(key)) or cache.read_metadata(key)):
+    directory = cache.entry_dir(key)
+    if not (os.path.lexists(directory) or os.path.exists(directory + METADATA_SUFFIX)):
         return None
     return describe(cache, key, readonly)
+
+
+def layers(settings: "Settings") -> List["tuple[Cache, bool]"]:
+    """The caches to look in, in order, each with whether it is read-only."""
+    return [(Cache(settings.cache_dir), False)] + [(Cache(d), True) for d in settings.readonly_dirs]
 
 
 def format_size(n: float) -> str:

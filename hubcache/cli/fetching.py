@@ -13,10 +13,10 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..api import entry_metadata, iter_prefetch, resolve_with
 from ..archive import Limits
-from ..cache import Cache
+from ..cache import Cache, write_atomic
 from ..config import Settings
 from ..errors import ConfigError, HubcacheError
-from ..inventory import Entry, find, format_size
+from ..inventory import Entry, find, format_size, layers
 from .output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, emit_json, error, table
 
 _COMMENT = re.compile(r"(^|\s)#.*$")  # '#' after a space: a URL's #fragment stays
@@ -211,10 +211,7 @@ def _write_lock(path: str, handles: List[str], settings: Settings) -> None:
             why = "no archive hash recorded: a local path, or cached by tensorflow_hub"
             error(f"{handle} is not pinned in {path}: {why}")
             lines.append(f"# {handle}  (not pinned: {why})")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, "\n".join(lines) + "\n")
 
 
 def _write_bundle(path: str, handles: List[str], settings: Settings) -> None:
@@ -237,8 +234,7 @@ def _find_entries(handles: List[str], settings: Settings) -> Union[str, List[Tup
     for handle in handles:
         if not parse(handle).is_remote:
             continue
-        for root, readonly in [(settings.cache_dir, False)] + [(d, True) for d in settings.readonly_dirs]:
-            cache = Cache(root)
+        for cache, readonly in layers(settings):
             entry = find(cache, handle, readonly)
             if entry is not None and entry.usable:
                 found.append((entry, cache))

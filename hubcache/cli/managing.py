@@ -6,7 +6,7 @@ import argparse
 import os
 import platform
 import shutil
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from .._version import __version__
 from ..api import resolve_with
@@ -20,6 +20,7 @@ from ..inventory import (
     Removal,
     find,
     format_size,
+    layers,
     parse_duration,
     plan_prune,
     removable_leftover,
@@ -91,12 +92,8 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="only print what would be removed")
 
 
-def _layers(settings: Settings) -> List[Tuple[Cache, bool]]:
-    return [(Cache(settings.cache_dir), False)] + [(Cache(d), True) for d in settings.readonly_dirs]
-
-
 def _ls(args: argparse.Namespace, settings: Settings) -> int:
-    entries = [e for cache, ro in _layers(settings) for e in scan(cache, ro)]
+    entries = [e for cache, ro in layers(settings) for e in scan(cache, ro)]
     entries.sort(key=SORT_KEYS[args.sort])
     if args.json:
         emit_json({"cache_dir": settings.cache_dir, "entries": [e.to_json() for e in entries]})
@@ -154,7 +151,7 @@ def _signatures(path: str) -> Dict[str, str]:
 
 
 def _locate(handle: str, settings: Settings) -> Optional[Entry]:
-    for cache, readonly in _layers(settings):
+    for cache, readonly in layers(settings):
         entry = find(cache, handle, readonly)
         if entry is not None:
             return entry
@@ -251,7 +248,7 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
                 return EXIT_FAILED
             targets.append(entry)
     else:
-        targets = [e for cache, ro in _layers(settings) for e in scan(cache, ro) if e.state != INCOMPLETE]
+        targets = [e for cache, ro in layers(settings) for e in scan(cache, ro) if e.state != INCOMPLETE]
     results = []
     for entry in targets:
         cache = Cache(os.path.dirname(entry.path))
