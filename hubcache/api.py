@@ -11,9 +11,11 @@ HTTP, extraction) is imported and done only when something must be fetched.
 from __future__ import annotations
 
 import os
+import time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing (2 ms) on the warm path
 
-from . import handles, layout
+from . import handles as _handles
+from . import layout
 from .errors import HubcacheError
 
 if TYPE_CHECKING:
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     from .resolvers import ArchivePlan
 
 _HEX = frozenset("0123456789abcdefABCDEF")
-_parsed: "Dict[str, handles.Handle]" = {}  # handles seen by this process
+_parsed: "Dict[str, _handles.Handle]" = {}  # handles seen by this process
 _roots: "Dict[str, str]" = {}  # cache roots as configured -> absolute
 
 
@@ -60,7 +62,7 @@ def _cached(raw: str, cache_dir: "Optional[str]") -> "Optional[str]":
     handle = _parsed.get(raw)
     if handle is None:
         try:
-            handle = handles.parse(raw)
+            handle = _handles.parse(raw)
         except HubcacheError:
             return None
         if len(_parsed) > 4096:
@@ -79,7 +81,7 @@ def _cached(raw: str, cache_dir: "Optional[str]") -> "Optional[str]":
         if os.path.isabs(os.path.expanduser(configured or "/")):  # not relative to the cwd
             _roots[configured] = root
     status = layout.lookup(
-        root, handle.cache_key, require_saved_model=handles.requires_saved_model(handle), touch=True
+        root, handle.cache_key, require_saved_model=_handles.requires_saved_model(handle), touch=True
     )
     return status.path
 
@@ -110,7 +112,7 @@ def load(
     for _ in range(5):  # an entry removed between resolving and locking is fetched again
         path = resolve_with(handle, settings, sha256)
         key = os.path.basename(path)
-        if os.path.dirname(path) != settings.cache_dir or len(key) != 40:
+        if os.path.dirname(path) != settings.cache_dir or not layout.is_key(key):
             break  # a local path, a read-only layer, or a gs:// location: nothing prunes it here
         with Cache(settings.cache_dir).reading(key):
             if os.path.isdir(path):
@@ -119,7 +121,7 @@ def load(
 
 
 def prefetch(
-    handles_: Iterable[str],
+    handles: Iterable[str],
     *,
     cache_dir: Optional[str] = None,
     progress: Optional[bool] = None,
@@ -136,15 +138,26 @@ def prefetch(
 
     ``progress`` forces the progress bars on or off (default: on a terminal).
     ``sha256`` maps handles to the hashes their archives must have (see
-    :func:`resolve`). ``jobs`` downloads that many handles at once.
+    :func:`resolve`). ``jobs`` downloads that many handles at once; Ctrl-C
+    stops all of them, and what they had written is removed.
+
+    Local paths are not prefetched: each is reported as a
+    :class:`~hubcache.HandleError` in the :class:`~hubcache.PrefetchError`.
     """
     from .config import load_settings
     from .errors import PrefetchError
 
+    if isinstance(handles, (str, bytes)):
+        raise TypeError(
+            f"prefetch() takes a list of handles, not a single string: write "
+            f"prefetch([{_handles.redact(str(handles))!r}]) (or use resolve() for one handle)."
+        )
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise TypeError(f"prefetch(jobs=...) takes a whole number of at least 1, not {jobs!r}.")
     settings = load_settings(cache_dir=cache_dir, progress=progress)
     paths: Dict[str, str] = {}
     errors: Dict[str, HubcacheError] = {}
-    for handle, result in iter_prefetch(handles_, settings, sha256 or {}, jobs):
+    for handle, result in iter_prefetch(handles, settings, sha256 or {}, jobs):
         if isinstance(result, HubcacheError):
             errors[handle] = result
         else:
@@ -155,26 +168,77 @@ def prefetch(
 
 
 def iter_prefetch(
-    handles_: Iterable[str], settings: Settings, sha256: Mapping[str, str], jobs: int = 1
+    handles: Iterable[str], settings: Settings, sha256: Mapping[str, str], jobs: int = 1
 ) -> Iterator[Tuple[str, Union[str, HubcacheError]]]:
     """Resolve each handle, ``jobs`` at a time; yields (handle, directory or
-    error) as each finishes."""
+    error) as each finishes. A local path is an error: nothing to prefetch.
 
-    def one(handle: str) -> Tuple[str, Union[str, HubcacheError]]:
-        try:
-            return handle, resolve_with(handle, settings, sha256.get(handle))
-        except HubcacheError as e:
-            return handle, e
-
-    unique = list(dict.fromkeys(handles_))
+    With ``jobs`` > 1 the downloads run in worker threads. A KeyboardInterrupt
+    (or closing this generator) cancels them all: their sockets are shut down,
+    they unwind within moments, and their temporary directories are removed.
+    """
+    unique = list(dict.fromkeys(handles))
     if jobs <= 1 or len(unique) <= 1:
-        yield from map(one, unique)
+        for handle in unique:
+            yield handle, _prefetch_one(handle, settings, sha256.get(handle))
         return
-    from concurrent.futures import ThreadPoolExecutor, as_completed
+    import dataclasses
+    import queue
+    import threading
 
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="hubcache") as pool:
-        for future in as_completed([pool.submit(one, h) for h in unique]):
-            yield future.result()
+    from .cancel import Cancellation, Cancelled
+
+    cancellation = Cancellation()
+    settings = dataclasses.replace(settings, cancellation=cancellation)
+    todo: "queue.Queue[str]" = queue.Queue()
+    for handle in unique:
+        todo.put(handle)
+    done: "queue.Queue[Tuple[str, Union[str, HubcacheError]]]" = queue.Queue()
+
+    def work() -> None:
+        while not cancellation.cancelled:
+            try:
+                handle = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put((handle, _prefetch_one(handle, settings, sha256.get(handle))))
+            except Cancelled:
+                return
+            except BaseException as e:  # a bug: reported for this handle, not lost in a thread
+                done.put((handle, HubcacheError(f"{_handles.redact(handle)}: unexpected {type(e).__name__}: {e}")))
+
+    # Daemon threads: a worker stuck connecting to a silent server must not
+    # keep the interpreter from exiting after Ctrl-C.
+    workers = [threading.Thread(target=work, name=f"hubcache-{i}", daemon=True) for i in range(min(jobs, len(unique)))]
+    for worker in workers:
+        worker.start()
+    try:
+        for _ in unique:
+            yield done.get()
+    finally:
+        if any(worker.is_alive() for worker in workers):
+            cancellation.cancel()
+            deadline = time.monotonic() + 1.0
+            for worker in workers:
+                worker.join(max(0.0, deadline - time.monotonic()))
+            cancellation.remove_dirs()
+
+
+def _prefetch_one(raw: str, settings: "Settings", sha256: "Optional[str]") -> "Union[str, HubcacheError]":
+    from .errors import HandleError
+
+    try:
+        if not _handles.parse(raw).is_remote:
+            return HandleError(
+                f"{raw} is a local path: there is nothing to download (local models are used "
+                "where they are). Give a model URL or id; to read handles from a file, pass it as "
+                "a file of handles (hubcache prefetch -f FILE).",
+                handle=raw,
+            )
+        return resolve_with(raw, settings, sha256)
+    except HubcacheError as e:
+        return e
 
 
 def resolve_with(raw: str, settings: "Settings", sha256: "Optional[str]" = None) -> str:
@@ -185,35 +249,36 @@ def resolve_with(raw: str, settings: "Settings", sha256: "Optional[str]" = None)
     from .errors import ConfigError, IntegrityError, ModelNotFoundError, OfflineError
     from .resolvers import ArchivePlan, LocalPlan, LocationPlan, plan
 
+    shown = _handles.redact(raw)  # what messages, logs and the metadata may show
     if sha256 is not None and not (len(sha256) == 64 and set(sha256) <= _HEX):
-        raise ConfigError(f"the SHA-256 given for {raw} is not 64 hex digits: {sha256!r}.", handle=raw)
-    handle = handles.parse(raw)
+        raise ConfigError(f"the SHA-256 given for {shown} is not 64 hex digits: {sha256!r}.", handle=shown)
+    handle = _handles.parse(raw)
     how = plan(handle, settings)
     if sha256 is not None and not isinstance(how, ArchivePlan):
         raise ConfigError(
-            f"a SHA-256 pins a downloaded archive, and {raw} is not downloaded "
+            f"a SHA-256 pins a downloaded archive, and {shown} is not downloaded "
             f"({'a local path' if isinstance(how, LocalPlan) else 'UNCOMPRESSED mode'}).",
-            handle=raw,
+            handle=shown,
         )
     if isinstance(how, LocalPlan):
         if not os.path.exists(how.path):
             raise ModelNotFoundError(
-                f"handle {raw!r} is a local path, and {how.path} does not exist: check the "
-                f"path.{handles.suggest_remote(raw)}",
-                handle=raw,
+                f"handle {shown!r} is a local path, and {how.path} does not exist: check the "
+                f"path.{_handles.suggest_remote(raw)}",
+                handle=shown,
             )
         return how.path
     if isinstance(how, LocationPlan):
         if settings.offline:
             raise OfflineError(
-                f"{raw} cannot be resolved offline with TFHUB_MODEL_LOAD_FORMAT=UNCOMPRESSED, "
+                f"{shown} cannot be resolved offline with TFHUB_MODEL_LOAD_FORMAT=UNCOMPRESSED, "
                 "which asks the server for the model's location: unset one of "
                 "HUBCACHE_OFFLINE and TFHUB_MODEL_LOAD_FORMAT.",
-                handle=raw,
+                handle=shown,
             )
         from .download import fetch_location
 
-        return fetch_location(how, handle=raw, settings=settings)
+        return fetch_location(how, handle=shown, settings=settings)
 
     cache = Cache(settings.cache_dir)
     key = handle.cache_key
@@ -228,10 +293,10 @@ def resolve_with(raw: str, settings: "Settings", sha256: "Optional[str]" = None)
     if settings.offline:
         if sha256 and cache.lookup(key, require_saved_model=require).valid:
             raise IntegrityError(
-                f"the cached copy of {raw} does not match the expected SHA-256: {status.problem}. "
+                f"the cached copy of {shown} does not match the expected SHA-256: {status.problem}. "
                 "Offline, it cannot be fetched again: prefetch the pinned version on a connected "
                 "machine, or check the pin.",
-                handle=raw,
+                handle=shown,
             )
         state = (
             f"its cached copy in {cache.entry_dir(key)} is damaged ({status.problem})"
@@ -239,25 +304,26 @@ def resolve_with(raw: str, settings: "Settings", sha256: "Optional[str]" = None)
             else f"it is not in the cache at {settings.cache_dir}"
         )
         raise OfflineError(
-            f"{raw} is not available offline: {state}, and HUBCACHE_OFFLINE=1 forbids "
-            f"downloading it. On a connected machine, run `hubcache prefetch {raw}` with the "
+            f"{shown} is not available offline: {state}, and HUBCACHE_OFFLINE=1 forbids "
+            f"downloading it. On a connected machine, run `hubcache prefetch {shown}` with the "
             "same TFHUB_CACHE_DIR and copy the cache here, or unset HUBCACHE_OFFLINE.",
-            handle=raw,
+            handle=shown,
         )
     return cache.fetch(
         key,
-        raw,
-        functools.partial(_download, how, raw, settings),
+        shown,
+        functools.partial(_download, how, shown, settings),
         require_saved_model=require,
         lock_timeout=settings.lock_timeout,
         sha256=sha256,
+        cancellation=settings.cancellation,
     )
 
 
 def entry_metadata(raw: str, settings: Settings) -> Optional[Dict[str, Any]]:
     """hubcache's metadata of ``raw``'s cache entry, or None (not a cached
     download, or cached by tensorflow_hub)."""
-    handle = handles.parse(raw)
+    handle = _handles.parse(raw)
     if not handle.is_remote:
         return None
     return layout.read_metadata(os.path.join(settings.cache_dir, handle.cache_key))
@@ -265,12 +331,21 @@ def entry_metadata(raw: str, settings: Settings) -> Optional[Dict[str, Any]]:
 
 def _download(how: ArchivePlan, handle: str, settings: Settings, dest: str) -> Dict[str, Any]:
     """Stream the archive into ``dest``; return what the cache records about it."""
+    import logging
+
     from .archive import Limits, extract
-    from .download import open_archive, redact
+    from .download import open_archive
+    from .transport import redact
 
     limits = Limits(settings.max_size, settings.max_files, settings.max_ratio)
     with open_archive(how, handle=handle, settings=settings) as body:
+        started = time.monotonic()
         extracted = extract(body.chunks(), dest, handle=handle, limits=limits)
+        seconds = max(time.monotonic() - started, 1e-6)
+        mib = body.bytes_read / (1 << 20)
+        logging.getLogger("hubcache").info(
+            "Downloaded %s: %.1f MiB in %.1f s, %.1f MiB per second", handle, mib, seconds, mib / seconds
+        )
         return {
             "source_url": redact(body.requested_url),
             "downloaded_from": redact(body.url),

@@ -16,17 +16,15 @@ import hashlib
 import io
 import json
 import os
-import secrets
-import shutil
-import socket
 import tarfile
 import zlib
 from typing import Any, Dict, Iterator, List, Tuple
 
-from . import handles
+from . import handles, layout
 from ._version import __version__
 from .archive import Limits, extract
-from .cache import Cache
+from .cache import Cache, owner_suffix
+from .fs import remove_tree, walk
 from .layout import IMPORT_PREFIX
 from .errors import ArchiveError, HubcacheError, IntegrityError
 from .inventory import Entry
@@ -84,7 +82,7 @@ def import_bundle(cache: Cache, bundle: str, *, lock_timeout: float, limits: Lim
     "already present") per entry. Raises :class:`ArchiveError` or
     :class:`IntegrityError` before publishing anything from a damaged bundle."""
     cache.ensure_root()
-    staging = os.path.join(cache.root, f"{IMPORT_PREFIX}{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}")
+    staging = os.path.join(cache.root, IMPORT_PREFIX + owner_suffix())
     os.mkdir(staging)
     try:
         with open(bundle, "rb") as f:
@@ -104,25 +102,48 @@ def import_bundle(cache: Cache, bundle: str, *, lock_timeout: float, limits: Lim
             )
             yield handle, "already present" if before else "imported"
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
 
 
 def _read_manifest(staging: str, bundle: str) -> Dict[str, Any]:
     try:
         with open(os.path.join(staging, MANIFEST), encoding="utf-8") as f:
             manifest = json.load(f)
-        entries = manifest["entries"]
-        assert manifest["format"] == BUNDLE_FORMAT and isinstance(entries, list)
-        for item in entries:
-            handles.parse(item["handle"])
-            assert handles.parse(item["handle"]).cache_key == item["key"]
-    except (OSError, ValueError, KeyError, TypeError, AssertionError, HubcacheError):
+        valid = manifest["format"] == BUNDLE_FORMAT and isinstance(manifest["entries"], list)
+        valid = valid and all(_valid_item(item) for item in manifest["entries"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, HubcacheError):
+        valid = False
+    if not valid:
         raise ArchiveError(
             f"{bundle} is not a hubcache bundle (no valid {MANIFEST}): make one with "
             "`hubcache export HANDLE... -o FILE`.",
             handle=bundle,
-        ) from None
-    return manifest
+        )
+    return manifest  # type: ignore[no-any-return]
+
+
+def _valid_item(item: Dict[str, Any]) -> bool:
+    """Whether a manifest entry has the shape :func:`export_bundle` writes (it is
+    untrusted input: checked here rather than failing later with a TypeError)."""
+    handle, key, files = item["handle"], item["key"], item["files"]
+    links, metadata = item.get("links", {}), item.get("metadata")
+    if not (isinstance(handle, str) and isinstance(key, str) and layout.is_key(key)):
+        return False
+    # A handle stored redacted (it had a secret) cannot be hashed back to its key.
+    redacted = handles.REDACTED in handle and handles.redact(handle) == handle
+    if not (redacted or handles.parse(handle).cache_key == key):
+        return False
+    return (
+        isinstance(files, dict)
+        and all(
+            isinstance(rel, str) and isinstance(f, dict) and isinstance(f.get("size"), int)
+            and isinstance(f.get("sha256"), str)
+            for rel, f in files.items()
+        )
+        and isinstance(links, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in links.items())
+        and (metadata is None or isinstance(metadata, dict))
+    )
 
 
 def _check_item(staging: str, item: Dict[str, Any], bundle: str) -> Dict[str, Any]:
@@ -169,10 +190,9 @@ def _require(handle: str) -> bool:
 
 def _walk(root: str) -> Iterator[Tuple[str, str]]:
     """(relative path, path) of every file and symlink under ``root``."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in sorted(filenames) + sorted(d for d in dirnames if os.path.islink(os.path.join(dirpath, d))):
-            path = os.path.join(dirpath, name)
-            yield os.path.relpath(path, root).replace(os.sep, "/"), path
+    for rel, entry in walk(root):
+        if not entry.is_dir(follow_symlinks=False):
+            yield rel, entry.path
 
 
 def _sha256(path: str, with_crc: bool = False):  # type: ignore[no-untyped-def]

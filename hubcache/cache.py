@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import socket
 import time
 from contextlib import contextmanager
@@ -23,7 +22,9 @@ from typing import Any, Callable, Dict, Iterator, Optional
 
 from . import layout
 from ._version import __version__
+from .cancel import Cancellation
 from .errors import ArchiveError, CacheError, CacheLockTimeout, HubcacheError, IntegrityError
+from .fs import remove_tree
 from .layout import (
     DESCRIPTOR_SUFFIX,
     IMPORT_PREFIX,
@@ -78,8 +79,12 @@ class Cache:
     def remove(self, key: str, handle: str) -> bool:
         """Remove entry ``key`` unless a process holds its lock (downloading or
         loading it): then leave it and return False. The directory is renamed
-        aside first, so a reader never sees half an entry."""
+        aside first, so a reader never sees half an entry, and a concurrent
+        :func:`~hubcache.layout.lookup` that saw the metadata finds no directory."""
         from filelock import Timeout
+
+        if not layout.is_key(key):  # never the root, never anything but an entry
+            raise ValueError(f"not a cache entry's name: {key!r}")
 
         lock = _EntryLock(self._sibling(key, LOCK_SUFFIX), handle, 0)
         try:
@@ -92,7 +97,7 @@ class Cache:
             if os.path.lexists(directory):
                 trash = self._sibling(key, f"{TRASH_INFIX}{secrets.token_hex(4)}")
                 os.rename(directory, trash)
-                _remove_tree(trash)
+                remove_tree(trash)
             for suffix in (METADATA_SUFFIX, DESCRIPTOR_SUFFIX, USED_SUFFIX):
                 try:
                     os.unlink(self._sibling(key, suffix))
@@ -136,13 +141,16 @@ class Cache:
         require_saved_model: bool,
         lock_timeout: float,
         sha256: Optional[str] = None,
+        cancellation: Optional[Cancellation] = None,
     ) -> str:
         """The valid entry for ``key``, made by ``produce`` if need be.
 
         Concurrent callers wait on a per-entry lock; the first downloads, the
         others find its entry published when the lock is released. With
         ``sha256``, an entry fetched from another archive is fetched again, and
-        a download with another hash raises :class:`IntegrityError`.
+        a download with another hash raises :class:`IntegrityError`. A
+        ``cancellation`` ends a wait for the lock, and is told of the
+        temporary directory so that it can be removed if the producer hangs.
         """
         status = self.lookup(key, require_saved_model=require_saved_model, sha256=sha256)
         if status.valid:
@@ -150,7 +158,7 @@ class Cache:
             return status.path
         with _cache_errors(handle, self.root):
             self.ensure_root()
-            with self._locked(key, handle, lock_timeout):
+            with _EntryLock(self._sibling(key, LOCK_SUFFIX), handle, lock_timeout, cancellation):
                 status = self.lookup(key, require_saved_model=require_saved_model, sha256=sha256)
                 if status.valid:
                     assert status.path is not None
@@ -161,14 +169,22 @@ class Cache:
                         handle,
                         status.problem,
                     )
-                return self._make(key, handle, produce, require_saved_model, sha256)
+                return self._make(key, handle, produce, require_saved_model, sha256, cancellation)
 
     def _make(
-        self, key: str, handle: str, produce: Producer, require_saved_model: bool, sha256: Optional[str]
+        self,
+        key: str,
+        handle: str,
+        produce: Producer,
+        require_saved_model: bool,
+        sha256: Optional[str],
+        cancellation: Optional[Cancellation],
     ) -> str:
         self._remove_leftovers(key)
-        tmp = self._sibling(key, f"{TMP_INFIX}{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}")
+        tmp = self._sibling(key, TMP_INFIX + owner_suffix())
         os.mkdir(tmp)  # mode 0o777 less the umask: a shared cache stays readable
+        if cancellation is not None:
+            cancellation.track_dir(tmp)
         try:
             info = produce(tmp)
             if sha256 and info.get("sha256") != sha256.lower():
@@ -187,7 +203,9 @@ class Cache:
                 )
             return self._publish(key, handle, tmp, info, require_saved_model, sha256)
         finally:
-            _remove_tree(tmp)
+            remove_tree(tmp)
+            if cancellation is not None:
+                cancellation.untrack_dir(tmp)
 
     def _publish(
         self,
@@ -208,7 +226,7 @@ class Cache:
                 return status.path
             trash = self._sibling(key, f"{TRASH_INFIX}{secrets.token_hex(4)}")
             os.rename(directory, trash)  # the damaged entry goes out of the way at once
-            _remove_tree(trash)
+            remove_tree(trash)
         metadata = dict(info)
         metadata.setdefault("fetched_at", _now_iso())  # an imported entry keeps its own
         metadata.update(
@@ -241,23 +259,29 @@ class Cache:
 
     def _remove_leftovers(self, key: str) -> None:
         """Delete what dead processes left of ``key``: trash, and temporary
-        directories whose process (named in the directory) is gone."""
+        directories and files whose process (named in the name) is gone."""
         with os.scandir(self.root) as it:
             names = [e.name for e in it if e.name.startswith(key)]
         for name in names:
             if stale_leftover(name):
                 log.info("Removing %s, left by an interrupted download", name)
-                _remove_tree(os.path.join(self.root, name))
+                remove_tree(os.path.join(self.root, name))
 
-    def _locked(self, key: str, handle: str, timeout: float):  # type: ignore[no-untyped-def]
-        return _EntryLock(self._sibling(key, LOCK_SUFFIX), handle, timeout)
+    def remove_leftover(self, name: str) -> bool:
+        """Remove the leftover ``name`` (a directory or a file) under the root;
+        True when it is gone. Names that are not hubcache's leftovers are refused."""
+        if os.sep in name or "/" in name or not stale_leftover(name):
+            raise ValueError(f"not a removable leftover: {name!r}")
+        return remove_tree(os.path.join(self.root, name))
 
 
 class _EntryLock:
     """The per-entry file lock. The OS drops it if its holder dies, so a waiter
     goes on as soon as a crashed download's process is gone."""
 
-    def __init__(self, path: str, handle: str, timeout: float) -> None:
+    def __init__(
+        self, path: str, handle: str, timeout: float, cancellation: Optional[Cancellation] = None
+    ) -> None:
         from filelock import FileLock  # imported here: only writers need it
 
         # 0o666: in a cache shared by several users, any of them may take the lock.
@@ -265,6 +289,7 @@ class _EntryLock:
         self._path = path
         self._handle = handle
         self._timeout = timeout
+        self._cancellation = cancellation
 
     def acquire_now(self) -> None:
         """Take the lock or raise ``filelock.Timeout`` at once."""
@@ -283,16 +308,23 @@ class _EntryLock:
             pass
         log.info("Waiting for another process that is downloading %s", self._handle)
         started = time.monotonic()
-        try:
-            self._lock.acquire(timeout=self._timeout)
-        except Timeout:
+        while True:
+            # In short steps, so that a cancelled wait ends within moments.
+            left = self._timeout - (time.monotonic() - started)
+            if self._cancellation is not None:
+                self._cancellation.check()
+            try:
+                self._lock.acquire(timeout=max(0.0, min(left, 0.25)))
+                return self
+            except Timeout:
+                if left > 0.25:
+                    continue
             raise CacheLockTimeout(
                 f"gave up waiting for {self._handle} after {time.monotonic() - started:.0f} s: "
                 f"another process holds {self._path}. If no hubcache process is running, "
                 "delete that file; to wait longer, raise HUBCACHE_LOCK_TIMEOUT.",
                 handle=self._handle,
             ) from None
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
@@ -325,9 +357,17 @@ def owner_is_dead(suffix: str) -> bool:
     return False
 
 
+def owner_suffix() -> str:
+    """``<host>.<pid>.<random>``: names a temporary file or directory after its
+    process, so that what a killed process left can be told from work in progress."""
+    return f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
+
+
 def write_atomic(path: str, text: str) -> None:
-    """Write ``path`` whole or not at all (a temporary file renamed over it)."""
-    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    """Write ``path`` whole or not at all (a temporary file renamed over it).
+    The temporary file is named like a download's, so a process killed while
+    writing leaves something the next download, ``prune --temp`` and ``ls`` know."""
+    tmp = f"{path}{TMP_INFIX}{owner_suffix()}"
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
@@ -338,10 +378,6 @@ def write_atomic(path: str, text: str) -> None:
         except OSError:
             pass
         raise
-
-
-def _remove_tree(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _now_iso() -> str:

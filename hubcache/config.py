@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Tuple
+from typing import Any, Callable, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
@@ -29,6 +30,11 @@ DEFAULT_BACKOFF = 1.0
 DEFAULT_MAX_SIZE = 100 << 30  # bytes extracted from one archive
 DEFAULT_MAX_FILES = 1_000_000  # members of one archive
 DEFAULT_MAX_RATIO = 250  # extracted bytes per downloaded byte, past MAX_RATIO_FLOOR
+# The progress floor: a body slower than this on average over the window is a
+# stalled attempt (a server dripping a byte per read never trips the timeout).
+# 1 KiB/s over a minute passes any honest link, even a poor mobile one.
+DEFAULT_MIN_RATE = 1 << 10  # bytes per second
+DEFAULT_MIN_RATE_WINDOW = 60.0  # seconds
 
 LOAD_FORMATS = ("COMPRESSED", "UNCOMPRESSED", "AUTO")
 
@@ -64,9 +70,16 @@ class Settings:
     max_size: int = DEFAULT_MAX_SIZE
     max_files: int = DEFAULT_MAX_FILES
     max_ratio: float = DEFAULT_MAX_RATIO
+    #: The progress floor: bytes per second on average over ``min_rate_window``
+    #: seconds, below which an attempt counts as stalled (0: no floor).
+    min_rate: int = DEFAULT_MIN_RATE
+    min_rate_window: float = DEFAULT_MIN_RATE_WINDOW
     #: Not from the environment: told of every download's progress as
     #: (bytes received, bytes announced), e.g. for an aggregate progress bar.
     progress_hook: Optional[Callable[[int, int], None]] = field(default=None, compare=False, repr=False)
+    #: Not from the environment: a :class:`hubcache.cancel.Cancellation` that
+    #: stops this call's downloads from another thread (Ctrl-C in a parallel prefetch).
+    cancellation: Optional[Any] = field(default=None, compare=False, repr=False)
 
 
 def load_settings(
@@ -103,6 +116,8 @@ def load_settings(
         max_size=_size(env, "HUBCACHE_MAX_SIZE", DEFAULT_MAX_SIZE),
         max_files=int(_number(env, "HUBCACHE_MAX_FILES", DEFAULT_MAX_FILES, integer=True)),
         max_ratio=_number(env, "HUBCACHE_MAX_RATIO", DEFAULT_MAX_RATIO),
+        min_rate=_size(env, "HUBCACHE_MIN_RATE", DEFAULT_MIN_RATE, allow_zero=True),
+        min_rate_window=_positive_float(env, "HUBCACHE_MIN_RATE_WINDOW", DEFAULT_MIN_RATE_WINDOW),
     )
 
 
@@ -124,6 +139,8 @@ SETTING_VARIABLES = (
     ("max_size", ("HUBCACHE_MAX_SIZE",)),
     ("max_files", ("HUBCACHE_MAX_FILES",)),
     ("max_ratio", ("HUBCACHE_MAX_RATIO",)),
+    ("min_rate", ("HUBCACHE_MIN_RATE",)),
+    ("min_rate_window", ("HUBCACHE_MIN_RATE_WINDOW",)),
 )
 
 
@@ -210,8 +227,8 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise ConfigError(f"{name}={raw!r} must be a positive number of seconds.")
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{name}={raw!r} must be a positive, finite number of seconds.")
     return value
 
 
@@ -224,32 +241,37 @@ def _number(env: Mapping[str, str], name: str, default: float, integer: bool = F
         value = int(raw) if integer else float(raw)
     except ValueError:
         value = -1
-    if value < 0:
+    if not (value >= 0 and math.isfinite(value)):  # NaN fails every comparison
         kind = "whole number" if integer else "number"
-        raise ConfigError(f"{name}={raw!r} must be a {kind} >= 0.")
+        raise ConfigError(f"{name}={raw!r} must be a finite {kind} >= 0 (0: no bound).")
     return value
 
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
-def _size(env: Mapping[str, str], name: str, default: int) -> int:
+def _size(env: Mapping[str, str], name: str, default: int, allow_zero: bool = False) -> int:
     raw = env.get(name)
     if raw is None or not raw.strip():
         return default
-    return parse_size(raw, name)
+    return parse_size(raw, name, allow_zero)
 
 
-def parse_size(raw: str, name: str) -> int:
+def parse_size(raw: str, name: str, allow_zero: bool = False) -> int:
     """A byte count, with an optional K/M/G/T suffix (powers of 1024): "20G"."""
-    text = raw.strip().upper().removesuffix("B").removesuffix("I")
+    text = raw.strip().upper()
+    for suffix in ("B", "I"):  # 20GiB, 20GB, 20G
+        if text.endswith(suffix):
+            text = text[:-1]
     unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
     try:
-        value = int(float(text[: len(text) - len(unit)]) * _SIZE_UNITS[unit])
+        number = float(text[: len(text) - len(unit)])
+        value = int(number * _SIZE_UNITS[unit]) if math.isfinite(number) else -1
     except ValueError:
         value = -1
-    if value <= 0:
-        raise ConfigError(f"{name}={raw!r} must be a size such as 500M or 20G.")
+    if value < 0 or (value == 0 and not allow_zero):
+        zero = " (0: no bound)" if allow_zero else ""
+        raise ConfigError(f"{name}={raw!r} must be a finite size such as 500M or 20G{zero}.")
     return value
 
 

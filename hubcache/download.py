@@ -1,159 +1,48 @@
-"""HTTP: redirects followed by hand, retries with backoff, bodies streamed and resumed.
+"""Archive downloads: a body streamed, checked as it arrives, and resumed.
 
-Redirects are followed here rather than by ``requests`` so that the Kaggle
-``Authorization`` header is attached to each hop by one rule: only when the
-hop's origin is the Kaggle endpoint's. A signed storage URL never sees it.
-Proxies and the CA bundle come from the environment as ``requests`` reads them
-(``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``, ...).
-
-Failures are retried: connection errors, timeouts and HTTP 408/429/5xx, with
-exponential backoff and jitter, or after ``Retry-After`` when the server says.
 A body cut short is resumed with ``Range`` from the byte reached; a server that
 ignores ``Range`` is read again from the start, skipping what was received, so
 the consumer sees one seamless stream either way. ``max_retries`` failures in
-a row, with no new bytes in between, give up.
-
-URLs in messages and logs are shown without query values, which may be
-signatures.
+a row, with no real progress in between, give up. Every attempt must also keep
+up a minimum average rate (``HUBCACHE_MIN_RATE`` over
+``HUBCACHE_MIN_RATE_WINDOW``): a server that drips a byte per read interval
+never trips the read timeout, and would otherwise hold the entry's lock forever.
+Requests themselves (redirects, credentials, retries) are :mod:`hubcache.transport`'s.
 """
 
 from __future__ import annotations
 
 import base64
-import email.utils
 import hashlib
 import http.client
 import logging
-import random
 import re
 import sys
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Optional, Tuple
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
+from typing import Any, Iterator, Optional, Tuple
 
 import requests
 import urllib3
 
-from ._version import __version__
 from .archive import is_compressed
-from .config import Settings, kaggle_credentials
+from .config import Settings
 from .errors import DownloadError, IntegrityError
-from .resolvers import ArchivePlan, LocationPlan, origin
+from .resolvers import ArchivePlan, LocationPlan
+from .transport import Transport, http_error, reason, redact
 
 log = logging.getLogger("hubcache")
 
 CHUNK_SIZE = 256 << 10  # bytes per network read: larger reads only cost memory (measured)
-MAX_REDIRECTS = 10
-MAX_DELAY = 60.0  # longest wait between two attempts, in seconds
-MAX_RETRY_AFTER = 300.0  # a longer Retry-After is reported, not waited for
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: New bytes after a failure that count as progress and start the failure count
+#: over: a server that sends a few bytes per attempt must not retry forever.
+PROGRESS_BYTES = 64 << 10
 _READ_ERRORS = (
     requests.RequestException,
     urllib3.exceptions.HTTPError,
     http.client.HTTPException,
     OSError,
 )
-_PUBLIC_PARAMS = frozenset({"tf-hub-format", "tfhub-redirect"})
-
-
-def redact(url: str) -> str:
-    """``url`` without user:password and without query parameters other than the
-    tfhub protocol's own (the others may be signatures or tokens)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    kept = [(k, v) for k, v in query if k in _PUBLIC_PARAMS]
-    shown = [urlencode(kept)] if kept else []
-    if len(kept) < len(query):
-        shown.append("...")
-    return f"{parts.scheme}://{host}{parts.path}" + ("?" + "&".join(shown) if shown else "")
-
-
-class Transport:
-    """The HTTP side of one fetch: a session, the credentials rule, and the
-    count of failed attempts in a row that :meth:`failed` enforces."""
-
-    def __init__(self, handle: str, settings: Settings, credentials_origin: Optional[str]) -> None:
-        self.handle = handle
-        self.settings = settings
-        self.credentials = kaggle_credentials() if credentials_origin else None
-        self.credentials_origin = credentials_origin
-        self.failures = 0  # failed attempts since the last new byte
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = f"hubcache/{__version__}"
-        # The bytes as stored: archives are compressed already, and an
-        # on-the-fly encoding would make byte ranges meaningless.
-        self.session.headers["Accept-Encoding"] = "identity"
-
-    def close(self) -> None:
-        self.session.close()
-
-    def get(self, url: str, headers: Optional[Dict[str, str]] = None) -> Tuple[requests.Response, str]:
-        """GET ``url``, following redirects and retrying transient failures.
-        Returns the final answer (any status that is not worth retrying) and its URL."""
-        while True:
-            try:
-                response, final_url = self._follow(url, headers or {})
-            except requests.RequestException as e:
-                self.failed(f"{redact(url)} did not answer ({_reason(e, self.settings)})", None, url)
-                continue
-            status = response.status_code
-            if status not in RETRY_STATUSES:
-                return response, final_url
-            retry_after = _retry_after(response.headers.get("Retry-After"))
-            response.close()
-            if retry_after is not None and retry_after > MAX_RETRY_AFTER:
-                raise _http_error(status, final_url, self, f" The server asks to wait {retry_after:.0f} s.")
-            self.failed(f"HTTP {status} from {redact(final_url)}", retry_after, final_url, status)
-
-    def failed(self, problem: str, retry_after: Optional[float], url: str, status: Optional[int] = None) -> None:
-        """Count a failed attempt: wait before the next, or give up."""
-        self.failures += 1
-        limit = self.settings.max_retries
-        if self.failures > limit:
-            if status is not None:
-                raise _http_error(status, url, self, f" Gave up after {limit} retries.")
-            raise DownloadError(
-                f"could not download {self.handle}: {problem}; gave up after {limit} retries. "
-                "Check the network (and HTTPS_PROXY / REQUESTS_CA_BUNDLE if you use them) and "
-                "try again, or set HUBCACHE_OFFLINE=1 to use only the cache.",
-                handle=self.handle,
-                url=redact(url),
-                status=status,
-            )
-        if retry_after is None:
-            delay = min(MAX_DELAY, self.settings.backoff * 2 ** (self.failures - 1))
-            delay *= random.uniform(0.5, 1.0)  # jitter: racing clients spread out
-        else:
-            delay = retry_after
-        log.warning("%s: %s; retrying in %.1f s (%d of %d)", self.handle, problem, delay, self.failures, limit)
-        time.sleep(delay)
-
-    def _follow(self, url: str, headers: Dict[str, str]) -> Tuple[requests.Response, str]:
-        for _ in range(MAX_REDIRECTS + 1):
-            hop_headers = dict(headers)
-            if self.credentials is not None and origin(url) == self.credentials_origin:
-                hop_headers["Authorization"] = self.credentials.authorization
-            response = self.session.get(
-                url,
-                headers=hop_headers,
-                stream=True,
-                allow_redirects=False,
-                timeout=(self.settings.timeout, self.settings.timeout),
-            )
-            if not response.is_redirect:
-                return response, url
-            url = urljoin(url, response.headers["Location"])
-            response.close()
-        raise DownloadError(
-            f"could not download {self.handle}: more than {MAX_REDIRECTS} redirects (last to "
-            f"{redact(url)}). The server is misconfigured; report it to the model's publisher.",
-            handle=self.handle,
-            url=redact(url),
-        )
 
 
 class _ReadFailed(Exception):
@@ -177,6 +66,8 @@ class Body:
         self._hash = hashlib.sha256()
         self._storage_check = _StorageChecksum.from_header(headers.get("x-goog-hash", ""))
         self._skip = 0  # bytes to drop after a restart from zero
+        self._received = 0  # bytes off the wire, skipped ones included (for the rate floor)
+        self._progress_mark = 0  # bytes_read at the last failure
         self._first = self._read()  # peeked, to tell a web page from an archive
 
     @property
@@ -192,35 +83,42 @@ class Body:
         return content_type.startswith(("text/html", "application/xhtml")) and not is_compressed(self._first)
 
     def close(self) -> None:
-        self._response.close()
+        self._transport.close_response(self._response)
 
     def chunks(self) -> Iterator[bytes]:
         settings = self._transport.settings
         bar = _progress_bar(self.size, self.handle, settings)
         hook = settings.progress_hook or (lambda received, announced: None)
         hook(0, self.size or 0)
+        floor = _Floor(settings, self._received)
         data = self._first
         try:
             while True:
                 if data:
-                    self._transport.failures = 0  # progress: the count starts over
                     self.bytes_read += len(data)
+                    if self.bytes_read - self._progress_mark >= PROGRESS_BYTES:
+                        self._transport.failures = 0  # real progress: the count starts over
                     self._hash.update(data)
                     if self._storage_check is not None:
                         self._storage_check.update(data)
                     bar.update(len(data))
                     hook(len(data), 0)
                     yield data
-                try:
-                    data = self._read()
-                    if data:
-                        continue
-                    if self.size is None or self.bytes_read >= self.size:
-                        break
-                    problem = "the connection was closed early"
-                except _ReadFailed as e:
-                    data, problem = b"", str(e)
+                problem = floor.check(self._received)
+                if problem is None:
+                    self._transport.check_cancelled()
+                    try:
+                        data = self._read()
+                        if data:
+                            continue
+                        if self.size is None or self.bytes_read >= self.size:
+                            break
+                        problem = "the connection was closed early"
+                    except _ReadFailed as e:
+                        problem = str(e)
+                data = b""
                 self._resume(problem)
+                floor.restart(self._received)
         finally:
             bar.close()
         if self._storage_check is not None and not self._storage_check.matches():
@@ -242,7 +140,8 @@ class Body:
                 else:
                     data = raw.read(CHUNK_SIZE, decode_content=False)
             except _READ_ERRORS as e:
-                raise _ReadFailed(_reason(e, self._transport.settings)) from None
+                raise _ReadFailed(reason(e, self._transport.settings)) from None
+            self._received += len(data)
             if not self._skip or not data:
                 return data
             if len(data) <= self._skip:
@@ -257,7 +156,9 @@ class Body:
         self._transport.failed(
             f"the download stopped after {self.bytes_read} of {total} bytes ({problem})", None, self.url
         )
-        self._response.close()
+        self._progress_mark = self.bytes_read
+        self._transport.close_response(self._response)
+        log.debug("%s: resuming at byte %d", self.handle, self.bytes_read)
         headers = {"Range": f"bytes={self.bytes_read}-"}
         if self._etag:
             headers["If-Range"] = self._etag  # a changed archive comes back whole (200)
@@ -267,7 +168,7 @@ class Body:
         if status == 206:
             start, full = _content_range(response.headers.get("Content-Range", ""))
             if start != self.bytes_read:
-                response.close()
+                self._transport.close_response(response)
                 raise DownloadError(
                     f"the download of {self.handle} cannot resume: {redact(url)} answered a "
                     f"request for bytes {self.bytes_read}- with another range. Try again.",
@@ -281,7 +182,7 @@ class Body:
             log.info("%s: the server ignores Range; reading again from the start", self.handle)
             self._skip = self.bytes_read
         elif status == 416:
-            response.close()
+            self._transport.close_response(response)
             raise DownloadError(
                 f"the download of {self.handle} stopped after {self.bytes_read} bytes, and "
                 f"{redact(url)} has no more although it announced {self.size}: the server sends a "
@@ -292,8 +193,8 @@ class Body:
                 status=416,
             )
         else:
-            response.close()
-            raise _http_error(status, url, self._transport)
+            self._transport.close_response(response)
+            raise http_error(status, url, self._transport)
         self._response, self.url = response, url
 
     def _check_same(self, response: requests.Response, url: str, size: Optional[int]) -> None:
@@ -302,7 +203,7 @@ class Body:
         if (self._etag and etag and etag != self._etag) or (
             self.size is not None and size is not None and size != self.size
         ):
-            response.close()
+            self._transport.close_response(response)
             raise DownloadError(
                 f"the archive of {self.handle} changed on the server during the download; "
                 "try again to fetch the new one.",
@@ -314,7 +215,7 @@ class Body:
 @contextmanager
 def open_archive(plan: ArchivePlan, *, handle: str, settings: Settings) -> Iterator[Body]:
     """Open the first of ``plan.urls`` that answers with an archive."""
-    transport = Transport(handle, settings, plan.credentials_origin)
+    transport = Transport(handle, settings, plan.credentials_for)
     try:
         for index, url in enumerate(plan.urls):
             fallback_left = index + 1 < len(plan.urls)
@@ -349,16 +250,16 @@ def _open_body(transport: Transport, url: str, fallback_left: bool) -> Optional[
     while True:
         response, final_url = transport.get(url)
         if response.status_code == 404 and fallback_left:
-            response.close()
+            transport.close_response(response)
             log.debug("%s: 404 from %s, trying the next source", transport.handle, redact(final_url))
             return None
         if not 200 <= response.status_code < 300:
-            response.close()
-            raise _http_error(response.status_code, final_url, transport)
+            transport.close_response(response)
+            raise http_error(response.status_code, final_url, transport)
         try:
             return Body(transport, response, url, final_url)
         except _ReadFailed as e:  # nothing received yet: simply ask again
-            response.close()
+            transport.close_response(response)
             transport.failed(f"{redact(final_url)} sent no data ({e})", None, final_url)
 
 
@@ -385,66 +286,44 @@ def fetch_location(plan: LocationPlan, *, handle: str, settings: Settings) -> st
     return location
 
 
-def _http_error(status: int, url: str, transport: Transport, extra: str = "") -> DownloadError:
-    handle, credentials = transport.handle, transport.credentials
-    where = redact(url)
-    if status in (401, 403) and transport.credentials_origin and origin(url) == transport.credentials_origin:
-        sent = (
-            f"The credentials from {credentials.source} were sent and refused, or the licence "
-            "is not accepted yet."
-            if credentials
-            else "No Kaggle credentials are configured."
-        )
-        advice = (
-            f"Kaggle refused access to {handle} (HTTP {status}). If the model is gated, accept "
-            "its licence on its Kaggle page and configure credentials: KAGGLE_API_TOKEN, or "
-            f"KAGGLE_USERNAME and KAGGLE_KEY, or ~/.kaggle/kaggle.json. {sent}"
-        )
-    elif status in (401, 403):
-        advice = (
-            f"{where} refused access to {handle} (HTTP {status}): a signed URL may have "
-            "expired, or the object is not public. Try again, or check the URL's permissions."
-        )
-    elif status in (404, 410):
-        advice = (
-            f"{handle} was not found (HTTP {status} from {where}): check the handle's "
-            "spelling and version."
-        )
-    elif status in RETRY_STATUSES or status >= 500:
-        advice = (
-            f"the server could not serve {handle} right now (HTTP {status} from {where}): "
-            "try again later."
-        )
-    else:
-        advice = f"unexpected HTTP {status} from {where} while downloading {handle}."
-    return DownloadError(advice + extra, handle=handle, url=where, status=status)
-
-
 def _content_length(response: requests.Response) -> Optional[int]:
     length = response.headers.get("Content-Length", "")
-    return int(length) if length.isdigit() else None
-
-
-def _retry_after(value: Optional[str]) -> Optional[float]:
-    """Seconds to wait from a Retry-After header (seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    return int(length) if length.isascii() and length.isdigit() else None
 
 
 def _content_range(value: str) -> Tuple[Optional[int], Optional[int]]:
     """(first byte, full size) from ``bytes first-last/size`` (size may be ``*``)."""
-    m = re.fullmatch(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)\s*", value)
+    m = re.fullmatch(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)\s*", value, re.ASCII)
     if not m:
         return None, None
     return int(m.group(1)), (int(m.group(2)) if m.group(2) != "*" else None)
+
+
+class _Floor:
+    """The progress floor: each window of ``min_rate_window`` seconds must bring
+    ``min_rate`` bytes per second on average."""
+
+    def __init__(self, settings: Settings, received: int) -> None:
+        self.rate = settings.min_rate
+        self.window = settings.min_rate_window
+        self.restart(received)
+
+    def restart(self, received: int) -> None:
+        self.started, self.start_bytes = time.monotonic(), received
+
+    def check(self, received: int) -> Optional[str]:
+        """Why this attempt is too slow, or None."""
+        elapsed = time.monotonic() - self.started
+        if not self.rate or elapsed < self.window:
+            return None
+        got = received - self.start_bytes
+        if got >= self.rate * elapsed:
+            self.restart(received)
+            return None
+        return (
+            f"{got} bytes in the last {elapsed:.0f} s, below the floor of {self.rate} bytes/s "
+            f"(HUBCACHE_MIN_RATE) over HUBCACHE_MIN_RATE_WINDOW={self.window:g} s"
+        )
 
 
 class _StorageChecksum:
@@ -482,26 +361,6 @@ class _StorageChecksum:
 
     def matches(self) -> bool:
         return bool(self._digest.digest() == self._expected)
-
-
-_ERRNO = re.compile(r"\[Errno -?\d+\][^'\")]*")
-
-
-def _reason(e: BaseException, settings: Settings) -> str:
-    """A short, query-free description of a network failure."""
-    if isinstance(e, requests.ConnectTimeout):
-        return f"no connection within {settings.timeout:g} s"
-    if isinstance(e, (requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError)):
-        return f"no data for {settings.timeout:g} s"
-    if isinstance(e, requests.exceptions.SSLError):
-        return "TLS certificate verification failed (set REQUESTS_CA_BUNDLE for a private CA)"
-    text = str(e)
-    found = _ERRNO.search(text)
-    if found:
-        return found.group(0).strip()
-    if "IncompleteRead" in text or "Connection broken" in text or "ProtocolError" in type(e).__name__:
-        return "the connection was closed early"
-    return type(e).__name__
 
 
 class _NoBar:

@@ -63,8 +63,58 @@ class Handle:
     def is_remote(self) -> bool:
         return self.kind != LOCAL
 
+    @property
+    def shown(self) -> str:
+        """The handle as it may be displayed or stored: see :func:`redact`."""
+        return redact(self.raw)
+
     def __repr__(self) -> str:
-        return f"Handle({self.raw!r}, kind={self.kind!r})"
+        return f"Handle({self.shown!r}, kind={self.kind!r})"
+
+
+#: Query or fragment parameters whose names contain one of these may carry a
+#: secret (X-Amz-Signature, X-Goog-Credential, sig, token, api_key, Policy, ...).
+_SECRET_PARAM_WORDS = ("sig", "token", "key", "secret", "pass", "pwd", "credential", "auth", "session", "policy", "code")
+REDACTED = "***"
+
+
+def redact(raw: str) -> str:
+    """``raw`` as it may be shown or stored: a URL's user information and the
+    values of query and fragment parameters that may be secrets become ``***``.
+
+    The cache key stays the SHA-1 of ``raw`` itself (tensorflow_hub's name);
+    this form is what goes into metadata, descriptors, logs, messages and output.
+
+    >>> redact("https://me:hunter2@host/m.tar.gz?X-Amz-Signature=abc&v=2")
+    'https://***@host/m.tar.gz?X-Amz-Signature=***&v=2'
+    """
+    scheme, sep, rest = raw.partition("://")
+    if not sep:
+        return raw
+    end = len(rest)
+    for stop in "/?#":
+        found = rest.find(stop)
+        if found != -1:
+            end = min(end, found)
+    authority, rest = rest[:end], rest[end:]
+    if "@" in authority:
+        authority = REDACTED + "@" + authority.rpartition("@")[2]
+    rest, hash_, fragment = rest.partition("#")
+    path, question, query = rest.partition("?")
+    return f"{scheme}://{authority}{path}{question}{_redact_params(query)}{hash_}{_redact_params(fragment)}"
+
+
+def _redact_params(text: str) -> str:
+    if not text:
+        return text
+    out = []
+    for param in text.split("&"):
+        name, eq, _ = param.partition("=")
+        lowered = name.lower()
+        if eq and any(word in lowered for word in _SECRET_PARAM_WORDS):
+            param = f"{name}={REDACTED}"
+        out.append(param)
+    return "&".join(out)
 
 
 def requires_saved_model(handle: Handle) -> bool:
@@ -81,12 +131,12 @@ def parse(raw: str) -> Handle:
     'local'
     """
     if not isinstance(raw, str):
-        raise HandleError(f"a handle is a string, not {type(raw).__name__}: {raw!r}.")
+        raise HandleError(f"a handle is a string, not {type(raw).__name__}.")
     if not raw or raw.strip() != raw:
         raise HandleError(
-            f"handle {raw!r} is empty or has surrounding white space: "
+            f"handle {redact(raw)!r} is empty or has surrounding white space: "
             "pass the handle without spaces or newlines.",
-            handle=raw,
+            handle=redact(raw),
         )
     scheme = _scheme(raw)
     if not scheme or _is_windows_drive(raw):
@@ -98,9 +148,9 @@ def parse(raw: str) -> Handle:
     if scheme in ("http", "https"):
         return _parse_http(raw)
     raise HandleError(
-        f"handle {raw!r} has the scheme {scheme}://, which hubcache does not fetch. "
+        f"handle {redact(raw)!r} has the scheme {scheme}://, which hubcache does not fetch. "
         f"Accepted forms:\n{ACCEPTED_FORMS}",
-        handle=raw,
+        handle=redact(raw),
     )
 
 
@@ -124,11 +174,14 @@ def _split(url: str) -> "Tuple[str, str, str]":
     return netloc, slash + path, query
 
 
-def _hostname(netloc: str) -> str:
+def _host_and_port(netloc: str) -> "Tuple[str, str]":
+    """(lower-case host, port text) of ``[user@]host[:port]``."""
     host = netloc.rpartition("@")[2]
     if host.startswith("["):  # [IPv6]:port
-        return host[1:].partition("]")[0].lower()
-    return host.partition(":")[0].lower()
+        inside, _, after = host[1:].partition("]")
+        return inside.lower(), after[1:] if after.startswith(":") else after
+    name, _, port = host.partition(":")
+    return name.lower(), port
 
 
 def _parse_file_url(raw: str) -> Handle:
@@ -137,11 +190,17 @@ def _parse_file_url(raw: str) -> Handle:
     netloc, path, _ = _split(raw)
     if netloc not in ("", "localhost"):
         raise HandleError(
-            f"handle {raw!r} names the remote host {netloc!r}: file:// URLs must be "
+            f"handle {redact(raw)!r} names the remote host {redact('x://' + netloc)[4:]!r}: file:// URLs must be "
             "local (file:///path or file://localhost/path).",
-            handle=raw,
+            handle=redact(raw),
         )
     path = unquote(path)
+    if not path.strip("/") and path != "/":  # file:// and file://localhost: no path at all
+        raise HandleError(
+            f"handle {redact(raw)!r} names no path (it would mean the current directory): write "
+            "file:///absolute/path/to/model.",
+            handle=redact(raw),
+        )
     if os.name == "nt" and _is_windows_drive(path[1:]):
         path = path[1:]  # file:///C:/models -> C:/models
     return Handle(raw, LOCAL, os.path.abspath(path))
@@ -151,27 +210,33 @@ def _parse_gcs(raw: str) -> Handle:
     bucket, _, obj = raw[len("gs://") :].partition("/")
     if not bucket or not obj.lower().endswith(ARCHIVE_SUFFIXES):
         raise HandleError(
-            f"handle {raw!r} is not a gs:// archive: hubcache fetches gs://<bucket>/<path> "
+            f"handle {redact(raw)!r} is not a gs:// archive: hubcache fetches gs://<bucket>/<path> "
             "ending in .tar.gz, .tgz or .tar (public objects, over HTTPS). For a SavedModel "
             "directory on GCS, call tf.saved_model.load on it directly.",
-            handle=raw,
+            handle=redact(raw),
         )
     return Handle(raw, GCS, f"{bucket}/{obj}")
 
 
 def _parse_http(raw: str) -> Handle:
     netloc, url_path, query = _split(raw)
-    host = _hostname(netloc)
+    host, port = _host_and_port(netloc)
+    shown = redact(raw)
     if not host:
-        raise HandleError(f"handle {raw!r} is a URL without a host.", handle=raw)
+        raise HandleError(f"handle {shown!r} is a URL without a host.", handle=shown)
+    if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise HandleError(
+            f"handle {shown!r} has the port {port!r}: a port is a number from 1 to 65535.",
+            handle=shown,
+        )
     segments = [s for s in url_path.split("/") if s]
     path = "/" + "/".join(segments)
     if host in TFHUB_HOSTS:
         if len(segments) < 3 or not segments[-1].isdigit():
             raise HandleError(
-                f"handle {raw!r} is not a tfhub.dev model: it should look like "
+                f"handle {redact(raw)!r} is not a tfhub.dev model: it should look like "
                 "https://tfhub.dev/<publisher>/<model>/<version>, the version a number.",
-                handle=raw,
+                handle=redact(raw),
             )
         return Handle(raw, TFHUB, path, query)
     if host in KAGGLE_HOSTS:
@@ -179,9 +244,9 @@ def _parse_http(raw: str) -> Handle:
     if host == TFHUB_CN_HOST:
         if not segments:
             raise HandleError(
-                f"handle {raw!r} names no model: use "
+                f"handle {redact(raw)!r} names no model: use "
                 f"https://{TFHUB_CN_HOST}/<publisher>/<model>/<version>.",
-                handle=raw,
+                handle=redact(raw),
             )
         return Handle(raw, TFHUB_CN, path, query)
     return Handle(raw, URL, raw, query)
@@ -204,11 +269,11 @@ def _kaggle_parts(raw: str, segments: "List[str]") -> "Tuple[str, ...]":
             parts = (rest[0], rest[1], rest[3], rest[5], rest[7])
     if not parts or not parts[4].isdigit():
         raise HandleError(
-            f"handle {raw!r} is not a Kaggle model version: it should look like "
+            f"handle {redact(raw)!r} is not a Kaggle model version: it should look like "
             "https://www.kaggle.com/models/<owner>/<model>/<framework>/<variation>/<version> "
             "or .../models/<owner>/<model>/frameworks/<framework>/variations/<variation>/"
             "versions/<version>, the version a number.",
-            handle=raw,
+            handle=redact(raw),
         )
     return parts
 

@@ -209,7 +209,16 @@ def plan_prune(
 
 def find(cache: Cache, handle: str, readonly: bool = False) -> Optional[Entry]:
     """The entry of ``handle`` in ``cache``, or None."""
-    key = handles.parse(handle).cache_key
+    parsed = handles.parse(handle)
+    if not parsed.is_remote:
+        # A local path has no cache entry: its key would be "" and name the root.
+        raise HandleError(
+            f"{handles.redact(handle)} is a local path, not a cached handle: local models are used "
+            "where they are, so there is no cache entry to act on. Give the URL or id it was "
+            "fetched under (`hubcache ls` lists them).",
+            handle=handles.redact(handle),
+        )
+    key = parsed.cache_key
     directory = cache.entry_dir(key)
     if not (os.path.lexists(directory) or os.path.exists(directory + METADATA_SUFFIX)):
         return None
@@ -229,15 +238,16 @@ def format_size(n: float) -> str:
     return f"{n} B"
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in "30d", "12h", "90m", "2w" or plain seconds."""
+    """Seconds in "30d", "12h", "90m", "2w" or "45s". The unit is required:
+    a bare "30" is more likely meant as days than as seconds."""
     m = _DURATION.match(text.lower())
     if not m:
-        raise ValueError(f"{text!r} is not a duration such as 30d, 12h or 90m")
+        raise ValueError(f"{text!r} is not a duration with a unit, such as 30d, 12h, 90m or 45s")
     return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
 
 

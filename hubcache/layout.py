@@ -15,6 +15,7 @@ Names under the root, for an entry whose key is ``K`` (SHA-1 of the handle):
 ``K.hubcache.lock``            hubcache's per-entry lock (tensorflow_hub's is
                                ``K.lock``, which hubcache never creates)
 ``K.hubcache-tmp.<h>.<p>.<r>/``  a download in progress (host, pid, random)
+``K.*.hubcache-tmp.<h>.<p>.<r>``  a small file being written (the metadata, ...)
 ``K.hubcache-trash.<r>/``      an entry being removed
 =============================  ================================================
 """
@@ -41,6 +42,8 @@ TMP_INFIX = ".hubcache-tmp."
 TRASH_INFIX = ".hubcache-trash."
 IMPORT_PREFIX = ".hubcache-import."  # a bundle being imported: .hubcache-import.<host>.<pid>.<r>/
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+KEY_LENGTH = 40  # hex digits of a SHA-1: the name of an entry
+_HEX_DIGITS = frozenset("0123456789abcdef")
 USE_RESOLUTION = 3600.0  # last-use times are kept to the hour: one write an hour
 
 #: Entries checked in full by this process: directory -> (identity of its
@@ -63,6 +66,12 @@ def cache_root(configured: "Optional[str]") -> str:
 def cache_key(raw: str) -> str:
     """SHA-1 hex of ``raw``: the directory tensorflow_hub (and hubcache) cache it in."""
     return _sha1(raw.encode("utf8")).hexdigest()
+
+
+def is_key(name: str) -> bool:
+    """Whether ``name`` is an entry's name (40 lower-case hex digits): nothing
+    else under the root may be treated as an entry, least of all the root itself."""
+    return len(name) == KEY_LENGTH and _HEX_DIGITS.issuperset(name)
 
 
 class Status:
@@ -102,11 +111,15 @@ def lookup(
     except OSError as e:
         return Status(None, f"its metadata cannot be read ({e.strerror})")
     else:
+        # The directory after the metadata: removal renames it away before it
+        # deletes the metadata, so a path returned here existed after its
+        # metadata was seen. (No directory: also an interrupted publish.)
+        if not os.path.isdir(directory):
+            _validated.pop(directory, None)
+            return Status(None)
         identity = (st.st_ino, st.st_mtime_ns)
         known = _validated.get(directory)
         if known is None or known[0] != identity:
-            if not os.path.isdir(directory):
-                return Status(None)  # metadata written, rename not done: an interrupted publish
             metadata, problem = check_entry(directory, marker, require_saved_model)
             if problem:
                 _validated.pop(directory, None)

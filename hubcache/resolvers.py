@@ -29,13 +29,14 @@ class ArchivePlan:
 
     ``urls`` are tried in order: a later one is used only when an earlier one
     answers 404 or with a web page instead of an archive. When
-    ``credentials_origin`` is set, the Kaggle credentials (if configured) are
-    sent to URLs of that origin only, never to a host a redirect leads to.
+    ``credentials_for`` is set (an endpoint URL), the Kaggle credentials (if
+    configured) are sent to that endpoint's origin only, never to a host a
+    redirect leads to (see :func:`hubcache.transport.may_carry_credentials`).
     """
 
     urls: Tuple[str, ...]
     require_saved_model: bool
-    credentials_origin: Optional[str] = None
+    credentials_for: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def plan(handle: h.Handle, settings: Settings) -> Plan:
         api = "/".join(quote(p, safe="") for p in (owner, model, framework, variation, version))
         urls += (f"{settings.kaggle_endpoint}/api/v1/models/{api}/download",)
     # tfhub.dev redirects to Kaggle, so both kinds may need the Kaggle credentials.
-    return ArchivePlan(urls, require, credentials_origin=origin(settings.kaggle_endpoint))
+    return ArchivePlan(urls, require, credentials_for=settings.kaggle_endpoint)
 
 
 def with_format(url: str, value: str) -> str:
@@ -94,13 +95,6 @@ def with_format(url: str, value: str) -> str:
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != FORMAT_PARAM]
     query.append((FORMAT_PARAM, value))
     return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def origin(url: str) -> str:
-    """``scheme://host:port`` of ``url``, with the default port made explicit."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 def _join(endpoint: str, path: str, query: str) -> str:

@@ -60,7 +60,7 @@ def test_tfhub_plan_adds_the_format_query_keeps_others_and_uses_the_endpoint():
     p = plan(parse("https://tfhub.dev/google/m/2?foo=bar&tf-hub-format=uncompressed"), s)
     assert isinstance(p, ArchivePlan) and p.require_saved_model
     assert p.urls == ("http://mirror.local:8080/hub/google/m/2?foo=bar&tf-hub-format=compressed",)
-    assert p.credentials_origin == "https://www.kaggle.com:443"
+    assert p.credentials_for == "https://www.kaggle.com"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,308 @@
+"""HTTP requests: redirects followed by hand, the credentials rule, retries with backoff.
+
+Redirects are followed here rather than by ``requests`` so that the Kaggle
+``Authorization`` header is attached to each hop by one rule,
+:func:`may_carry_credentials`: only when the URL that goes on the wire names an
+allowed origin, as every parser involved in opening the connection reads it.
+A signed storage URL never sees it. Proxies and the CA bundle come from the
+environment as ``requests`` reads them (``HTTPS_PROXY``, ``NO_PROXY``,
+``REQUESTS_CA_BUNDLE``, ...).
+
+Failures are retried: connection errors, timeouts and HTTP 408/429/5xx, with
+exponential backoff and jitter, or after ``Retry-After`` when the server says.
+A URL that cannot be requested at all (a redirect to ``file://`` or ``ftp://``,
+a port out of range) fails at once. URLs in messages and logs are shown
+without query values, which may be signatures.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import re
+import time
+from typing import Dict, FrozenSet, Optional, Tuple
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
+
+import requests
+import urllib3
+
+from ._version import __version__
+from .cancel import Cancellation
+from .config import Settings, kaggle_credentials
+from .errors import DownloadError
+
+log = logging.getLogger("hubcache")
+
+MAX_REDIRECTS = 10
+MAX_DELAY = 60.0  # longest wait between two attempts, in seconds
+MAX_RETRY_AFTER = 300.0  # a longer Retry-After is reported, not waited for
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_PUBLIC_PARAMS = frozenset({"tf-hub-format", "tfhub-redirect"})
+# Errors that say the URL itself cannot be requested: retrying cannot help.
+_UNUSABLE_URL = (
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.URLRequired,
+    urllib3.exceptions.LocationParseError,
+    ValueError,  # e.g. a port out of range, from urllib.parse
+)
+
+Origin = Tuple[str, str, int]
+
+
+def redact(url: str) -> str:
+    """``url`` without user:password and without query parameters other than the
+    tfhub protocol's own (the others may be signatures or tokens)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+    except ValueError:  # a port out of range: show no authority at all
+        return "<an unparsable URL>"
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in query if k in _PUBLIC_PARAMS]
+    shown = [urlencode(kept)] if kept else []
+    if len(kept) < len(query):
+        shown.append("...")
+    return f"{parts.scheme}://{host}{parts.path}" + ("?" + "&".join(shown) if shown else "")
+
+
+def origin_of(url: str) -> Optional[Origin]:
+    """(scheme, host, port) of ``url`` as urllib3 reads it, or None if it has none."""
+    try:
+        parsed = urllib3.util.parse_url(url)
+    except urllib3.exceptions.LocationParseError:
+        return None
+    scheme = (parsed.scheme or "").lower()
+    if scheme not in ("http", "https") or not parsed.host:
+        return None
+    return scheme, parsed.host.lower(), parsed.port or (443 if scheme == "https" else 80)
+
+
+def may_carry_credentials(url: str, allowed: FrozenSet[Origin]) -> bool:
+    """Whether a request to ``url`` (as prepared by ``requests``, exactly what
+    goes on the wire) may carry credentials meant for the ``allowed`` origins.
+
+    The origin is read by every parser that takes part in opening the
+    connection: urllib3's (which ``requests`` normalizes URLs with, and which
+    older ``requests`` connect by) and the standard library's (which
+    ``requests`` 2.32+ picks the connection pool by). All must agree on an
+    allowed origin, and the URL must carry no user information: an authority
+    that two parsers could read differently gets no credentials.
+    """
+    if not allowed:
+        return False
+    ours = origin_of(url)
+    if ours is None or ours not in allowed:
+        return False
+    try:
+        parsed = urllib3.util.parse_url(url)
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except (urllib3.exceptions.LocationParseError, ValueError):
+        return False
+    if parsed.auth is not None or "@" in parts.netloc or "\\" in parts.netloc:
+        return False
+    return (parts.scheme.lower(), (parts.hostname or "").lower(), port) == ours
+
+
+class Transport:
+    """The HTTP side of one fetch: a session, the credentials rule, and the
+    count of failed attempts in a row that :meth:`failed` enforces."""
+
+    def __init__(self, handle: str, settings: Settings, credentials_for: Optional[str]) -> None:
+        self.handle = handle
+        self.settings = settings
+        self.cancellation: Optional[Cancellation] = settings.cancellation
+        self.credentials = kaggle_credentials() if credentials_for else None
+        origin = origin_of(credentials_for) if credentials_for else None
+        self.allowed: FrozenSet[Origin] = frozenset([origin] if origin else [])
+        self.failures = 0  # failed attempts since the last progress
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = f"hubcache/{__version__}"
+        # The bytes as stored: archives are compressed already, and an
+        # on-the-fly encoding would make byte ranges meaningless.
+        self.session.headers["Accept-Encoding"] = "identity"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def check_cancelled(self) -> None:
+        if self.cancellation is not None:
+            self.cancellation.check()
+
+    def get(self, url: str, headers: Optional[Dict[str, str]] = None) -> Tuple[requests.Response, str]:
+        """GET ``url``, following redirects and retrying transient failures.
+        Returns the final answer (any status that is not worth retrying) and its URL."""
+        while True:
+            self.check_cancelled()
+            try:
+                response, final_url = self._follow(url, headers or {})
+            except requests.RequestException as e:
+                self.failed(f"{redact(url)} did not answer ({reason(e, self.settings)})", None, url)
+                continue
+            status = response.status_code
+            if status not in RETRY_STATUSES:
+                return response, final_url
+            retry_after = _retry_after(response.headers.get("Retry-After"))
+            self.close_response(response)
+            if retry_after is not None and retry_after > MAX_RETRY_AFTER:
+                raise http_error(status, final_url, self, f" The server asks to wait {retry_after:.0f} s.")
+            self.failed(f"HTTP {status} from {redact(final_url)}", retry_after, final_url, status)
+
+    def failed(self, problem: str, retry_after: Optional[float], url: str, status: Optional[int] = None) -> None:
+        """Count a failed attempt: wait before the next, or give up."""
+        self.check_cancelled()  # a cancelled download's failures are not worth reporting
+        self.failures += 1
+        limit = self.settings.max_retries
+        if self.failures > limit:
+            if status is not None:
+                raise http_error(status, url, self, f" Gave up after {limit} retries.")
+            raise DownloadError(
+                f"could not download {self.handle}: {problem}; gave up after {limit} retries. "
+                "Check the network (and HTTPS_PROXY / REQUESTS_CA_BUNDLE if you use them) and "
+                "try again, or set HUBCACHE_OFFLINE=1 to use only the cache.",
+                handle=self.handle,
+                url=redact(url),
+                status=status,
+            )
+        if retry_after is None:
+            delay = min(MAX_DELAY, self.settings.backoff * 2 ** (self.failures - 1))
+            delay *= random.uniform(0.5, 1.0)  # jitter: racing clients spread out
+        else:
+            delay = retry_after
+        log.warning("%s: %s; retrying in %.1f s (%d of %d)", self.handle, problem, delay, self.failures, limit)
+        if self.cancellation is not None:
+            self.cancellation.sleep(delay)
+        else:
+            time.sleep(delay)
+
+    def _follow(self, url: str, headers: Dict[str, str]) -> Tuple[requests.Response, str]:
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._send(url, headers)
+            if not response.is_redirect:
+                return response, url
+            target = urljoin(url, response.headers["Location"])
+            self.close_response(response)
+            log.debug("%s: HTTP %d from %s, redirected to %s", self.handle, response.status_code,
+                      redact(url), redact(target))
+            url = target
+        raise DownloadError(
+            f"could not download {self.handle}: more than {MAX_REDIRECTS} redirects (last to "
+            f"{redact(url)}). The server is misconfigured; report it to the model's publisher.",
+            handle=self.handle,
+            url=redact(url),
+        )
+
+    def _send(self, url: str, headers: Dict[str, str]) -> requests.Response:
+        """One request to ``url``, credentials attached by the rule; a URL that
+        cannot be requested raises :class:`DownloadError` at once."""
+        scheme = url.partition(":")[0].lower()
+        try:
+            if scheme not in ("http", "https"):
+                raise requests.exceptions.InvalidSchema(f"{scheme}:// is not http(s)")
+            prepared = self.session.prepare_request(requests.Request("GET", url, headers=headers))
+            assert prepared.url is not None
+            carries = self.credentials is not None and may_carry_credentials(prepared.url, self.allowed)
+            if self.credentials is not None and carries:
+                prepared.headers["Authorization"] = self.credentials.authorization
+            log.debug("%s: GET %s%s", self.handle, redact(prepared.url), " (with Kaggle credentials)" if carries else "")
+            options = self.session.merge_environment_settings(prepared.url, {}, True, None, None)
+            response = self.session.send(
+                prepared,
+                allow_redirects=False,
+                timeout=(self.settings.timeout, self.settings.timeout),
+                **options,
+            )
+        except _UNUSABLE_URL as e:
+            shown = f"{scheme}://..." if scheme not in ("http", "https") else redact(url)
+            raise DownloadError(
+                f"could not download {self.handle}: {shown} cannot be requested "
+                f"({type(e).__name__}: only http(s) URLs with a valid host and port are followed). "
+                "A redirect that leads there means a misconfigured or hostile server; report it "
+                "to the model's publisher.",
+                handle=self.handle,
+                url=shown,
+            ) from None
+        if self.cancellation is not None:
+            self.cancellation.track(response)
+        return response
+
+    def close_response(self, response: requests.Response) -> None:
+        response.close()
+        if self.cancellation is not None:
+            self.cancellation.untrack(response)
+
+
+def http_error(status: int, url: str, transport: Transport, extra: str = "") -> DownloadError:
+    handle, credentials = transport.handle, transport.credentials
+    where = redact(url)
+    if status in (401, 403) and transport.allowed and origin_of(url) in transport.allowed:
+        sent = (
+            f"The credentials from {credentials.source} were sent and refused, or the licence "
+            "is not accepted yet."
+            if credentials
+            else "No Kaggle credentials are configured."
+        )
+        advice = (
+            f"Kaggle refused access to {handle} (HTTP {status}). If the model is gated, accept "
+            "its licence on its Kaggle page and configure credentials: KAGGLE_API_TOKEN, or "
+            f"KAGGLE_USERNAME and KAGGLE_KEY, or ~/.kaggle/kaggle.json. {sent}"
+        )
+    elif status in (401, 403):
+        advice = (
+            f"{where} refused access to {handle} (HTTP {status}): a signed URL may have "
+            "expired, or the object is not public. Try again, or check the URL's permissions."
+        )
+    elif status in (404, 410):
+        advice = (
+            f"{handle} was not found (HTTP {status} from {where}): check the handle's "
+            "spelling and version."
+        )
+    elif status in RETRY_STATUSES or status >= 500:
+        advice = (
+            f"the server could not serve {handle} right now (HTTP {status} from {where}): "
+            "try again later."
+        )
+    else:
+        advice = f"unexpected HTTP {status} from {where} while downloading {handle}."
+    return DownloadError(advice + extra, handle=handle, url=where, status=status)
+
+
+def _retry_after(value: Optional[str]) -> Optional[float]:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+_ERRNO = re.compile(r"\[Errno -?\d+\][^'\")]*")
+
+
+def reason(e: BaseException, settings: Settings) -> str:
+    """A short, query-free description of a network failure."""
+    if isinstance(e, requests.ConnectTimeout):
+        return f"no connection within {settings.timeout:g} s"
+    if isinstance(e, (requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError)):
+        return f"no data for {settings.timeout:g} s"
+    if isinstance(e, requests.exceptions.SSLError):
+        return "TLS certificate verification failed (set REQUESTS_CA_BUNDLE for a private CA)"
+    text = str(e)
+    found = _ERRNO.search(text)
+    if found:
+        return found.group(0).strip()
+    if "IncompleteRead" in text or "Connection broken" in text or "ProtocolError" in type(e).__name__:
+        return "the connection was closed early"
+    return type(e).__name__
