@@ -267,13 +267,6 @@ class Cache:
                 log.info("Removing %s, left by an interrupted download", name)
                 remove_tree(os.path.join(self.root, name))
 
-    def remove_leftover(self, name: str) -> bool:
-        """Remove the leftover ``name`` (a directory or a file) under the root;
-        True when it is gone. Names that are not hubcache's leftovers are refused."""
-        if os.sep in name or "/" in name or not stale_leftover(name):
-            raise ValueError(f"not a removable leftover: {name!r}")
-        return remove_tree(os.path.join(self.root, name))
-
 
 class _EntryLock:
     """The per-entry file lock. The OS drops it if its holder dies, so a waiter

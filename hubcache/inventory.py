@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import stat
 import zlib
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
@@ -17,6 +18,7 @@ from . import handles
 from .cache import Cache, owner_is_dead, stale_leftover
 from .layout import DESCRIPTOR_SUFFIX, IMPORT_PREFIX, METADATA_SUFFIX, TMP_INFIX, TRASH_INFIX
 from .config import Settings
+from .fs import remove_tree, walk
 from .errors import HandleError
 from .handles import requires_saved_model
 
@@ -72,8 +74,9 @@ def scan(cache: Cache, readonly: bool = False) -> List[Entry]:
         if key in names or key + METADATA_SUFFIX in names:
             found.append(describe(cache, key, readonly))
     for name in names:
-        if name.startswith(IMPORT_PREFIX) or (
-            _KEY.match(name) and (TMP_INFIX in name or TRASH_INFIX in name or _TFHUB_TMP.match(name))
+        # Temporary files of an atomic write count too (CACHEDIR.TAG's has no key).
+        if name.startswith(IMPORT_PREFIX) or TMP_INFIX in name or (
+            _KEY.match(name) and (TRASH_INFIX in name or _TFHUB_TMP.match(name))
         ):
             found.append(_leftover(cache, name, readonly))
     return sorted(found, key=lambda e: (e.handle or "", e.state))
@@ -112,7 +115,7 @@ def _leftover(cache: Cache, name: str, readonly: bool) -> Entry:
         owner = name[len(IMPORT_PREFIX) :]
         problem = "left by an import that died" if owner_is_dead(owner) else "an import in progress"
     elif TMP_INFIX in name:
-        owner = name[len(key + TMP_INFIX) :]
+        owner = name.partition(TMP_INFIX)[2]
         problem = "left by a process that died" if owner_is_dead(owner) else "a download in progress"
     elif TRASH_INFIX in name:
         problem = "left by an interrupted removal"
@@ -143,6 +146,12 @@ def removable_leftover(cache: Cache, entry: Entry) -> bool:
     if _TFHUB_TMP.match(name):
         return not os.path.exists(os.path.join(cache.root, entry.key + ".lock"))
     return stale_leftover(name)
+
+
+def remove_leftover(cache: Cache, entry: Entry) -> bool:
+    """Remove a leftover (a directory, or a file of an interrupted atomic write)
+    if its process is gone; True when nothing is left at its path."""
+    return removable_leftover(cache, entry) and remove_tree(entry.path)
 
 
 def verify(cache: Cache, entry: Entry) -> Optional[str]:
@@ -276,16 +285,26 @@ def _descriptor_handle(cache: Cache, key: str) -> Optional[str]:
 
 
 def _disk_usage(path: str) -> "tuple[int, int]":
+    """(bytes on disk, files) of a directory tree, or of a single file."""
+    try:
+        top = os.lstat(path)
+    except OSError:
+        return 0, 0
+    if not stat.S_ISDIR(top.st_mode):
+        return _blocks(top), 1
     size = files = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in filenames + dirnames:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            size += st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
-            files += name in filenames
+    for _, entry in walk(path):
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        size += _blocks(st)
+        files += not stat.S_ISDIR(st.st_mode)
     return size, files
+
+
+def _blocks(st: os.stat_result) -> int:
+    return st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
 
 
 def _mtime(path: str) -> Optional[float]:

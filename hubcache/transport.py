@@ -21,12 +21,17 @@ import email.utils
 import logging
 import random
 import re
+import socket
+import threading
 import time
 from typing import Dict, FrozenSet, Optional, Tuple
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 import requests
 import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from ._version import __version__
 from .cancel import Cancellation
@@ -111,6 +116,72 @@ def may_carry_credentials(url: str, allowed: FrozenSet[Origin]) -> bool:
     return (parts.scheme.lower(), (parts.hostname or "").lower(), port) == ours
 
 
+_SLOW_HEAD = "no complete response head within {:g} s"
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _deadlined(cls: type) -> type:
+    """``cls`` (a urllib3 connection) whose response headers must arrive whole
+    within twice the read timeout. The socket timeout bounds each read only: a
+    server that drips the status line a byte at a time would otherwise never
+    time out (a silent one still fails by the read timeout, first).
+    When the deadline passes the socket is shut down, which fails the request
+    like a dropped connection (retried, counted)."""
+
+    class Deadlined(cls):  # type: ignore[valid-type,misc]
+        def getresponse(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            sock = getattr(self, "sock", None)
+            read_timeout = sock.gettimeout() if sock is not None else None
+            if not read_timeout:
+                return super().getresponse(*args, **kwargs)
+            limit = 2 * read_timeout
+            fired = threading.Event()
+            timer = threading.Timer(limit, lambda: (fired.set(), _shut(sock)))
+            timer.daemon = True
+            timer.start()
+            try:
+                return super().getresponse(*args, **kwargs)
+            except Exception:
+                if fired.is_set():  # failed like a dropped connection (retried), saying why
+                    raise ConnectionAbortedError(_SLOW_HEAD.format(limit)) from None
+                raise
+            finally:
+                timer.cancel()
+
+    return Deadlined
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _deadlined(HTTPConnection)
+
+
+class _TLSPool(HTTPSConnectionPool):
+    ConnectionCls = _deadlined(HTTPSConnection)
+
+
+_POOLS = {"http": _Pool, "https": _TLSPool}
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter with connections that bound the wait for headers."""
+
+    def init_poolmanager(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy, **kwargs):  # type: ignore[no-untyped-def]
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        if isinstance(manager, urllib3.ProxyManager):  # not SOCKS, which has pools of its own
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+
 class Transport:
     """The HTTP side of one fetch: a session, the credentials rule, and the
     count of failed attempts in a row that :meth:`failed` enforces."""
@@ -124,6 +195,8 @@ class Transport:
         self.allowed: FrozenSet[Origin] = frozenset([origin] if origin else [])
         self.failures = 0  # failed attempts since the last progress
         self.session = requests.Session()
+        for prefix in ("http://", "https://"):
+            self.session.mount(prefix, _Adapter())
         self.session.headers["User-Agent"] = f"hubcache/{__version__}"
         # The bytes as stored: archives are compressed already, and an
         # on-the-fly encoding would make byte ranges meaningless.
@@ -300,6 +373,9 @@ def reason(e: BaseException, settings: Settings) -> str:
     if isinstance(e, requests.exceptions.SSLError):
         return "TLS certificate verification failed (set REQUESTS_CA_BUNDLE for a private CA)"
     text = str(e)
+    slow = re.search(_SLOW_HEAD.replace("{:g}", r"[\d.e+]+"), text)
+    if slow:
+        return slow.group(0)
     found = _ERRNO.search(text)
     if found:
         return found.group(0).strip()
