@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
 
     from .config import Settings
-    from .resolvers import ArchivePlan
+    from .resolvers import ArchivePlan, LocationPlan
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 _parsed: "Dict[str, _handles.Handle]" = {}  # handles seen by this process
@@ -74,7 +74,7 @@ def _cached(raw: str, cache_dir: "Optional[str]") -> "Optional[str]":
     load_format = env.get("TFHUB_MODEL_LOAD_FORMAT")
     if load_format and load_format.strip().upper() not in ("COMPRESSED", "AUTO"):
         return None  # UNCOMPRESSED, or a typo that deserves its error
-    configured = cache_dir or env.get("TFHUB_CACHE_DIR") or env.get("HUBCACHE_CACHE_DIR") or ""
+    configured = layout.configured_root(cache_dir, env)
     root = _roots.get(configured)
     if root is None:
         root = layout.cache_root(configured or None)
@@ -243,42 +243,63 @@ def _prefetch_one(raw: str, settings: "Settings", sha256: "Optional[str]") -> "U
 
 def resolve_with(raw: str, settings: "Settings", sha256: "Optional[str]" = None) -> str:
     """:func:`resolve` with explicit settings."""
-    import functools
-
-    from .cache import Cache
-    from .errors import ConfigError, IntegrityError, ModelNotFoundError, OfflineError
-    from .resolvers import ArchivePlan, LocalPlan, LocationPlan, plan
+    from .errors import ConfigError
+    from .resolvers import ArchivePlan, LocalPlan, plan
 
     shown = _handles.redact(raw)  # what messages, logs and the metadata may show
     if sha256 is not None and not (len(sha256) == 64 and set(sha256) <= _HEX):
         raise ConfigError(f"the SHA-256 given for {shown} is not 64 hex digits: {sha256!r}.", handle=shown)
     handle = _handles.parse(raw)
     how = plan(handle, settings)
-    if sha256 is not None and not isinstance(how, ArchivePlan):
+    if isinstance(how, ArchivePlan):
+        return _from_archive(how, handle, shown, settings, sha256)
+    if sha256 is not None:
         raise ConfigError(
             f"a SHA-256 pins a downloaded archive, and {shown} is not downloaded "
             f"({'a local path' if isinstance(how, LocalPlan) else 'UNCOMPRESSED mode'}).",
             handle=shown,
         )
     if isinstance(how, LocalPlan):
-        if not os.path.exists(how.path):
-            raise ModelNotFoundError(
-                f"handle {shown!r} is a local path, and {how.path} does not exist: check the "
-                f"path.{_handles.suggest_remote(raw)}",
-                handle=shown,
-            )
-        return how.path
-    if isinstance(how, LocationPlan):
-        if settings.offline:
-            raise OfflineError(
-                f"{shown} cannot be resolved offline with TFHUB_MODEL_LOAD_FORMAT=UNCOMPRESSED, "
-                "which asks the server for the model's location: unset one of "
-                "HUBCACHE_OFFLINE and TFHUB_MODEL_LOAD_FORMAT.",
-                handle=shown,
-            )
-        from .download import fetch_location
+        return _local(how.path, raw)
+    return _location(how, shown, settings)
 
-        return fetch_location(how, handle=shown, settings=settings)
+
+def _local(path: str, raw: str) -> str:
+    from .errors import ModelNotFoundError
+
+    if not os.path.exists(path):
+        raise ModelNotFoundError(
+            f"handle {raw!r} is a local path, and {path} does not exist: check the "
+            f"path.{_handles.suggest_remote(raw)}",
+            handle=raw,
+        )
+    return path
+
+
+def _location(how: "LocationPlan", shown: str, settings: "Settings") -> str:
+    """TFHUB_MODEL_LOAD_FORMAT=UNCOMPRESSED: the gs:// location the server names."""
+    from .errors import OfflineError
+
+    if settings.offline:
+        raise OfflineError(
+            f"{shown} cannot be resolved offline with TFHUB_MODEL_LOAD_FORMAT=UNCOMPRESSED, "
+            "which asks the server for the model's location: unset one of "
+            "HUBCACHE_OFFLINE and TFHUB_MODEL_LOAD_FORMAT.",
+            handle=shown,
+        )
+    from .download import fetch_location
+
+    return fetch_location(how, handle=shown, settings=settings)
+
+
+def _from_archive(
+    how: "ArchivePlan", handle: "_handles.Handle", shown: str, settings: "Settings", sha256: "Optional[str]"
+) -> str:
+    """The cache entry of a downloaded archive: the user's cache, the read-only
+    layers, or (online) a download."""
+    import functools
+
+    from .cache import Cache
 
     cache = Cache(settings.cache_dir)
     key = handle.cache_key
@@ -291,24 +312,8 @@ def resolve_with(raw: str, settings: "Settings", sha256: "Optional[str]" = None)
         if found.path is not None:
             return found.path
     if settings.offline:
-        if sha256 and cache.lookup(key, require_saved_model=require).valid:
-            raise IntegrityError(
-                f"the cached copy of {shown} does not match the expected SHA-256: {status.problem}. "
-                "Offline, it cannot be fetched again: prefetch the pinned version on a connected "
-                "machine, or check the pin.",
-                handle=shown,
-            )
-        state = (
-            f"its cached copy in {cache.entry_dir(key)} is damaged ({status.problem})"
-            if status.problem
-            else f"it is not in the cache at {settings.cache_dir}"
-        )
-        raise OfflineError(
-            f"{shown} is not available offline: {state}, and HUBCACHE_OFFLINE=1 forbids "
-            f"downloading it. On a connected machine, run `hubcache prefetch {shown}` with the "
-            "same TFHUB_CACHE_DIR and copy the cache here, or unset HUBCACHE_OFFLINE.",
-            handle=shown,
-        )
+        other_archive = bool(sha256) and cache.lookup(key, require_saved_model=require).valid
+        raise _offline_error(cache.entry_dir(key), shown, settings, status.problem, other_archive)
     return cache.fetch(
         key,
         shown,
@@ -317,6 +322,33 @@ def resolve_with(raw: str, settings: "Settings", sha256: "Optional[str]" = None)
         lock_timeout=settings.lock_timeout,
         sha256=sha256,
         cancellation=settings.cancellation,
+    )
+
+
+def _offline_error(
+    directory: str, shown: str, settings: "Settings", problem: "Optional[str]", other_archive: bool
+) -> HubcacheError:
+    """Why ``shown`` cannot be had offline: an entry fetched from another archive
+    than the pin names, a damaged entry, or none."""
+    from .errors import IntegrityError, OfflineError
+
+    if other_archive:
+        return IntegrityError(
+            f"the cached copy of {shown} does not match the expected SHA-256: {problem}. "
+            "Offline, it cannot be fetched again: prefetch the pinned version on a connected "
+            "machine, or check the pin.",
+            handle=shown,
+        )
+    state = (
+        f"its cached copy in {directory} is damaged ({problem})"
+        if problem
+        else f"it is not in the cache at {settings.cache_dir}"
+    )
+    return OfflineError(
+        f"{shown} is not available offline: {state}, and HUBCACHE_OFFLINE=1 forbids "
+        f"downloading it. On a connected machine, run `hubcache prefetch {shown}` with the "
+        "same TFHUB_CACHE_DIR and copy the cache here, or unset HUBCACHE_OFFLINE.",
+        handle=shown,
     )
 
 
@@ -333,11 +365,11 @@ def _download(how: ArchivePlan, handle: str, settings: Settings, dest: str) -> D
     """Stream the archive into ``dest``; return what the cache records about it."""
     import logging
 
-    from .archive import Limits, extract
+    from .archive import extract
     from .download import open_archive
     from .transport import redact
 
-    limits = Limits(settings.max_size, settings.max_files, settings.max_ratio)
+    limits = settings.limits()
     with open_archive(how, handle=handle, settings=settings) as body:
         started = time.monotonic()
         extracted = extract(body.chunks(), dest, handle=handle, limits=limits)

@@ -11,7 +11,6 @@ truncated or altered bundle publishes nothing broken.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import io
 import json
@@ -23,12 +22,12 @@ from typing import Any, Dict, Iterator, List, Tuple
 from . import handles, layout
 from ._version import __version__
 from .archive import Limits, extract
-from .cache import Cache, owner_suffix
-from .fs import remove_tree, walk
+from .cache import Cache, atomic_path, owner_suffix, utc_iso
+from .fs import read_blocks, remove_tree, walk
 from .layout import IMPORT_PREFIX
 from .errors import ArchiveError, HubcacheError, IntegrityError
 from .inventory import Entry
-from .handles import requires_saved_model
+from .handles import saved_model_required
 
 MANIFEST = "hubcache-bundle.json"
 BUNDLE_FORMAT = 1
@@ -40,7 +39,7 @@ def export_bundle(entries: List[Tuple[Entry, Cache]], out: str) -> Dict[str, Any
     manifest: Dict[str, Any] = {
         "format": BUNDLE_FORMAT,
         "hubcache_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_iso(),
         "entries": [],
     }
     members: List[Tuple[str, str]] = []  # (archive name, path on disk)
@@ -50,7 +49,7 @@ def export_bundle(entries: List[Tuple[Entry, Cache]], out: str) -> Dict[str, Any
             if os.path.islink(path):
                 links[rel] = os.readlink(path)
             else:
-                files[rel] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
+                files[rel] = {"size": os.path.getsize(path), "sha256": _digests(path)[0]}
             members.append((f"{entry.key}/{rel}", path))
         manifest["entries"].append(
             {
@@ -61,19 +60,13 @@ def export_bundle(entries: List[Tuple[Entry, Cache]], out: str) -> Dict[str, Any
                 "links": links,
             }
         )
-    tmp = f"{out}.{os.getpid()}.tmp"
-    try:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            data = json.dumps(manifest, indent=1, sort_keys=True).encode()
-            info = tarfile.TarInfo(MANIFEST)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-            for name, path in members:
-                tar.add(path, arcname=name, recursive=False)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(out) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        info = tarfile.TarInfo(MANIFEST)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        for name, path in members:
+            tar.add(path, arcname=name, recursive=False)
     return manifest
 
 
@@ -91,12 +84,12 @@ def import_bundle(cache: Cache, bundle: str, *, lock_timeout: float, limits: Lim
         checked = [(item, _check_item(staging, item, bundle)) for item in manifest["entries"]]
         for item, metadata in checked:  # every entry checked before any is published
             handle, key = item["handle"], item["key"]
-            before = cache.lookup(key, require_saved_model=_require(handle), sha256=metadata.get("sha256")).valid
+            before = cache.lookup(key, require_saved_model=saved_model_required(handle), sha256=metadata.get("sha256")).valid
             cache.fetch(
                 key,
                 handle,
                 lambda tmp, key=key, metadata=metadata: _move_in(os.path.join(staging, key), tmp, metadata),
-                require_saved_model=_require(handle),
+                require_saved_model=saved_model_required(handle),
                 lock_timeout=lock_timeout,
                 sha256=metadata.get("sha256"),
             )
@@ -162,7 +155,7 @@ def _check_item(staging: str, item: Dict[str, Any], bundle: str) -> Dict[str, An
     sizes, sums = {}, {}
     for rel, want in item["files"].items():
         path = os.path.join(root, *rel.split("/"))
-        digest, crc = _sha256(path, with_crc=True)
+        digest, crc = _digests(path)
         if os.path.getsize(path) != want["size"] or digest != want["sha256"]:
             raise IntegrityError(
                 f"{bundle}: {rel} of {item['handle']} does not match its SHA-256 in the manifest: "
@@ -180,12 +173,8 @@ def _move_in(source: str, tmp: str, metadata: Dict[str, Any]) -> Dict[str, Any]:
     for name in os.listdir(source):
         os.rename(os.path.join(source, name), os.path.join(tmp, name))
     out = dict(metadata)
-    out["imported_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    out["imported_at"] = utc_iso()
     return out
-
-
-def _require(handle: str) -> bool:
-    return requires_saved_model(handles.parse(handle))
 
 
 def _walk(root: str) -> Iterator[Tuple[str, str]]:
@@ -195,14 +184,10 @@ def _walk(root: str) -> Iterator[Tuple[str, str]]:
             yield rel, entry.path
 
 
-def _sha256(path: str, with_crc: bool = False):  # type: ignore[no-untyped-def]
+def _digests(path: str) -> Tuple[str, int]:
+    """(SHA-256 hex, CRC-32) of the file at ``path``."""
     digest, crc = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(1 << 20)
-            if not block:
-                break
-            digest.update(block)
-            if with_crc:
-                crc = zlib.crc32(block, crc)
-    return (digest.hexdigest(), crc) if with_crc else digest.hexdigest()
+    for block in read_blocks(path):
+        digest.update(block)
+        crc = zlib.crc32(block, crc)
+    return digest.hexdigest(), crc

@@ -228,7 +228,7 @@ class Cache:
             os.rename(directory, trash)  # the damaged entry goes out of the way at once
             remove_tree(trash)
         metadata = dict(info)
-        metadata.setdefault("fetched_at", _now_iso())  # an imported entry keeps its own
+        metadata.setdefault("fetched_at", utc_iso())  # an imported entry keeps its own
         metadata.update(
             format=METADATA_FORMAT,
             handle=handle,
@@ -330,11 +330,11 @@ def stale_leftover(name: str) -> bool:
         return True
     for marker in (TMP_INFIX, IMPORT_PREFIX):
         if marker in name:
-            return owner_is_dead(name.partition(marker)[2])
+            return _owner_is_dead(name.partition(marker)[2])
     return False
 
 
-def owner_is_dead(suffix: str) -> bool:
+def _owner_is_dead(suffix: str) -> bool:
     """Whether the process of a temporary directory (``<host>.<pid>.<random>``)
     is known to be gone: on this host, with no such pid. Other hosts' are kept."""
     owner = suffix.rpartition(".")[0]
@@ -356,14 +356,15 @@ def owner_suffix() -> str:
     return f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write ``path`` whole or not at all (a temporary file renamed over it).
-    The temporary file is named like a download's, so a process killed while
-    writing leaves something the next download, ``prune --temp`` and ``ls`` know."""
+@contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """A temporary path to write ``path``'s new content to; renamed over
+    ``path`` when the block ends without error, else deleted. It is named like
+    a download's directory, so what a killed process left is known to the next
+    download, ``prune --temp`` and ``ls``."""
     tmp = f"{path}{TMP_INFIX}{owner_suffix()}"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -373,8 +374,19 @@ def write_atomic(path: str, text: str) -> None:
         raise
 
 
-def _now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+def write_atomic(path: str, text: str) -> None:
+    """Write ``path`` whole or not at all."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def utc_iso(timestamp: Optional[float] = None) -> str:
+    """``timestamp`` (default: now) as the ISO 8601 UTC text the metadata and
+    bundles record, to the second."""
+    when = datetime.datetime.now(datetime.timezone.utc) if timestamp is None else (
+        datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
+    )
+    return when.isoformat(timespec="seconds")
 
 
 @contextmanager

@@ -13,11 +13,14 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .layout import cache_root
+from .layout import CACHE_DIR_VARIABLES, cache_root, configured_root
+
+if TYPE_CHECKING:
+    from .archive import Limits
 
 DEFAULT_TFHUB_ENDPOINT = "https://tfhub.dev"
 DEFAULT_KAGGLE_ENDPOINT = "https://www.kaggle.com"
@@ -77,9 +80,35 @@ class Settings:
     #: Not from the environment: told of every download's progress as
     #: (bytes received, bytes announced), e.g. for an aggregate progress bar.
     progress_hook: Optional[Callable[[int, int], None]] = field(default=None, compare=False, repr=False)
+    #: The Kaggle credentials' variables as they were at call time (the secret
+    #: itself is read from them, or from kaggle.json, only when a download needs it).
+    credentials_environ: Tuple[Tuple[str, str], ...] = field(default=(), compare=False, repr=False)
     #: Not from the environment: a :class:`hubcache.cancel.Cancellation` that
     #: stops this call's downloads from another thread (Ctrl-C in a parallel prefetch).
     cancellation: Optional[Any] = field(default=None, compare=False, repr=False)
+
+
+    def show_progress(self) -> bool:
+        """Whether to draw progress bars: as configured, else on a terminal."""
+        if self.progress is not None:
+            return self.progress
+        import sys
+
+        return sys.stderr.isatty()
+
+    def limits(self) -> "Limits":
+        """The bounds on one archive."""
+        from .archive import Limits
+
+        return Limits(self.max_size, self.max_files, self.max_ratio)
+
+    def kaggle_credentials(self) -> "Optional[KaggleCredentials]":
+        """The Kaggle credentials configured when these settings were read."""
+        return kaggle_credentials(dict(self.credentials_environ))
+
+
+#: The variables Kaggle credentials are read from (kagglehub's).
+CREDENTIAL_VARIABLES = ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR")
 
 
 def load_settings(
@@ -118,12 +147,13 @@ def load_settings(
         max_ratio=_number(env, "HUBCACHE_MAX_RATIO", DEFAULT_MAX_RATIO),
         min_rate=_size(env, "HUBCACHE_MIN_RATE", DEFAULT_MIN_RATE, allow_zero=True),
         min_rate_window=_positive_float(env, "HUBCACHE_MIN_RATE_WINDOW", DEFAULT_MIN_RATE_WINDOW),
+        credentials_environ=tuple((name, env[name]) for name in CREDENTIAL_VARIABLES if name in env),
     )
 
 
 #: Each setting and the variables it is read from, first match wins.
 SETTING_VARIABLES = (
-    ("cache_dir", ("TFHUB_CACHE_DIR", "HUBCACHE_CACHE_DIR")),
+    ("cache_dir", CACHE_DIR_VARIABLES),
     ("readonly_dirs", ("HUBCACHE_READONLY_DIRS",)),
     ("offline", ("HUBCACHE_OFFLINE",)),
     ("load_format", ("TFHUB_MODEL_LOAD_FORMAT",)),
@@ -165,7 +195,7 @@ def settings_report(
 
 
 def _cache_dir(override: Optional[str], env: Mapping[str, str]) -> str:
-    return cache_root(override or env.get("TFHUB_CACHE_DIR") or env.get("HUBCACHE_CACHE_DIR"))
+    return cache_root(configured_root(override, env) or None)
 
 
 

@@ -372,8 +372,7 @@ class _NoBar:
 
 
 def _progress_bar(total: Optional[int], handle: str, settings: Settings):  # type: ignore[no-untyped-def]
-    enabled = settings.progress if settings.progress is not None else sys.stderr.isatty()
-    if not enabled:
+    if not settings.show_progress():
         return _NoBar()
     from tqdm import tqdm
 

@@ -38,6 +38,16 @@ def walk(root: str) -> Iterator[Tuple[str, os.DirEntry]]:  # type: ignore[type-a
         stack.extend(reversed(subdirs))
 
 
+def read_blocks(path: str, size: int = 1 << 20) -> Iterator[bytes]:
+    """The content of the file at ``path``, ``size`` bytes at a time."""
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(size)
+            if not block:
+                return
+            yield block
+
+
 def remove_tree(path: str) -> bool:
     """Remove the file, symlink or directory tree at ``path``; True when nothing
     is left there. Errors are skipped (what can go, goes), never raised."""

@@ -11,10 +11,14 @@ import os
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing (2 ms) on the warm path
 
 from .errors import HandleError
-from .layout import cache_key
+
+try:  # the interpreter's built-in SHA-1: importing hashlib loads OpenSSL (~4 ms)
+    from _sha1 import sha1 as _sha1
+except ImportError:  # pragma: no cover - interpreters without it
+    from hashlib import sha1 as _sha1
 
 if TYPE_CHECKING:
-    from typing import List, Tuple
+    from typing import List, Optional, Tuple
 
 LOCAL = "local"
 TFHUB = "tfhub"
@@ -37,6 +41,11 @@ ACCEPTED_FORMS = """\
   - any http(s) URL of a .tar or .tar.gz archive"""
 
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
+
+
+def cache_key(raw: str) -> str:
+    """SHA-1 hex of ``raw``: the directory tensorflow_hub (and hubcache) cache it in."""
+    return _sha1(raw.encode("utf8")).hexdigest()
 
 
 class Handle:
@@ -120,6 +129,17 @@ def _redact_params(text: str) -> str:
 def requires_saved_model(handle: Handle) -> bool:
     """Whether a cache entry for ``handle`` must hold a SavedModel (plain archives need not)."""
     return handle.kind in (TFHUB, KAGGLE, TFHUB_CN)
+
+
+def saved_model_required(raw: "Optional[str]") -> bool:
+    """:func:`requires_saved_model` of a handle read back from a cache or a bundle
+    (possibly redacted, or none): False when it does not parse."""
+    if not raw:
+        return False
+    try:
+        return requires_saved_model(parse(raw))
+    except HandleError:
+        return False
 
 
 def parse(raw: str) -> Handle:

@@ -15,16 +15,16 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
 from . import handles
-from .cache import Cache, owner_is_dead, stale_leftover
-from .layout import DESCRIPTOR_SUFFIX, IMPORT_PREFIX, METADATA_SUFFIX, TMP_INFIX, TRASH_INFIX
+from .cache import Cache, stale_leftover, utc_iso
+from .layout import DESCRIPTOR_SUFFIX, IMPORT_PREFIX, KEY_LENGTH, METADATA_SUFFIX, TMP_INFIX, TRASH_INFIX
 from .config import Settings
-from .fs import remove_tree, walk
+from .fs import read_blocks, remove_tree, walk
 from .errors import HandleError
-from .handles import requires_saved_model
+from .handles import saved_model_required
 
 OK, FOREIGN, DAMAGED, INCOMPLETE = "ok", "foreign", "damaged", "incomplete"
 
-_KEY = re.compile(r"^[0-9a-f]{40}")
+_KEY = re.compile(rf"^[0-9a-f]{{{KEY_LENGTH}}}")
 _TFHUB_TMP = re.compile(r"^[0-9a-f]{40}\.[0-9a-f]{32}\.tmp$")  # tensorflow_hub's
 
 
@@ -54,12 +54,17 @@ class Entry:
         out = asdict(self)
         for name in ("fetched_at", "last_used"):
             value = out[name]
-            out[name] = _iso(value) if value is not None else None
+            out[name] = utc_iso(value) if value is not None else None
         return out
 
     @property
     def usable(self) -> bool:
         return self.state in (OK, FOREIGN)
+
+    @property
+    def last_activity(self) -> Optional[float]:
+        """When it was last used, else when it was fetched (None: unknown)."""
+        return self.last_used or self.fetched_at
 
 
 def scan(cache: Cache, readonly: bool = False) -> List[Entry]:
@@ -69,7 +74,7 @@ def scan(cache: Cache, readonly: bool = False) -> List[Entry]:
     except FileNotFoundError:
         return []
     found: List[Entry] = []
-    keys = {n[:40] for n in names if _KEY.match(n)}
+    keys = {n[:KEY_LENGTH] for n in names if _KEY.match(n)}
     for key in sorted(keys):
         if key in names or key + METADATA_SUFFIX in names:
             found.append(describe(cache, key, readonly))
@@ -86,7 +91,7 @@ def describe(cache: Cache, key: str, readonly: bool = False) -> Entry:
     """The entry ``key`` of ``cache``, checked as :meth:`Cache.lookup` checks it."""
     metadata = cache.read_metadata(key)
     handle = (metadata or {}).get("handle") or _descriptor_handle(cache, key)
-    status = cache.lookup(key, require_saved_model=_requires_saved_model(handle))
+    status = cache.lookup(key, require_saved_model=saved_model_required(handle))
     if status.valid:
         state, problem = (OK if metadata else FOREIGN), None
     else:
@@ -109,14 +114,13 @@ def describe(cache: Cache, key: str, readonly: bool = False) -> Entry:
 
 
 def _leftover(cache: Cache, name: str, readonly: bool) -> Entry:
-    key = name[:40] if _KEY.match(name) else ""
+    key = name[:KEY_LENGTH] if _KEY.match(name) else ""
     path = os.path.join(cache.root, name)
+    dead = stale_leftover(name)
     if name.startswith(IMPORT_PREFIX):
-        owner = name[len(IMPORT_PREFIX) :]
-        problem = "left by an import that died" if owner_is_dead(owner) else "an import in progress"
+        problem = "left by an import that died" if dead else "an import in progress"
     elif TMP_INFIX in name:
-        owner = name.partition(TMP_INFIX)[2]
-        problem = "left by a process that died" if owner_is_dead(owner) else "a download in progress"
+        problem = "left by a process that died" if dead else "a download in progress"
     elif TRASH_INFIX in name:
         problem = "left by an interrupted removal"
     else:
@@ -165,12 +169,8 @@ def verify(cache: Cache, entry: Entry) -> Optional[str]:
         path = os.path.join(entry.path, *rel.split("/"))
         crc = 0
         try:
-            with open(path, "rb") as f:
-                while True:
-                    block = f.read(1 << 20)
-                    if not block:
-                        break
-                    crc = zlib.crc32(block, crc)
+            for block in read_blocks(path):
+                crc = zlib.crc32(block, crc)
         except OSError as e:
             return f"{rel} cannot be read ({e.strerror})"
         if crc != expected:
@@ -203,12 +203,12 @@ def plan_prune(
             plan[e.path] = Removal(e, f"damaged: {e.problem}")
         elif temp and e.state == INCOMPLETE and removable_leftover(cache, e):
             plan[e.path] = Removal(e, f"leftover: {e.problem}")
-        elif older_than is not None and e.usable and (e.last_used or e.fetched_at or now) < now - older_than:
-            plan[e.path] = Removal(e, f"not used for {_age(now - (e.last_used or e.fetched_at or now))}")
+        elif older_than is not None and e.usable and (e.last_activity or now) < now - older_than:
+            plan[e.path] = Removal(e, f"not used for {_age(now - (e.last_activity or now))}")
     if max_size is not None:
         kept = [e for e in writable if e.path not in plan]
         total = sum(e.size for e in kept)
-        for e in sorted((e for e in kept if e.usable), key=lambda e: e.last_used or e.fetched_at or 0):
+        for e in sorted((e for e in kept if e.usable), key=lambda e: e.last_activity or 0):
             if total <= max_size:
                 break
             plan[e.path] = Removal(e, f"least recently used, over {format_size(max_size)}")
@@ -265,15 +265,6 @@ def _age(seconds: float) -> str:
     return f"{days:.0f} days" if days >= 1 else f"{seconds / 3600:.0f} hours"
 
 
-def _requires_saved_model(handle: Optional[str]) -> bool:
-    if not handle:
-        return False
-    try:
-        return requires_saved_model(handles.parse(handle))
-    except HandleError:
-        return False
-
-
 def _descriptor_handle(cache: Cache, key: str) -> Optional[str]:
     """The handle in tensorflow_hub's descriptor ("Module: <handle>")."""
     try:
@@ -323,5 +314,4 @@ def _parse_time(text: Optional[str]) -> Optional[float]:
         return None
 
 
-def _iso(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(timespec="seconds")
+

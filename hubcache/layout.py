@@ -29,11 +29,6 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing (2 ms) on the 
 if TYPE_CHECKING:  # annotations only: importing typing costs the warm path
     from typing import Any, Dict, Optional, Tuple
 
-try:  # the interpreter's built-in SHA-1: importing hashlib loads OpenSSL (~4 ms)
-    from _sha1 import sha1 as _sha1
-except ImportError:  # pragma: no cover - interpreters without it
-    from hashlib import sha1 as _sha1
-
 METADATA_SUFFIX = ".hubcache.json"
 USED_SUFFIX = ".hubcache.used"
 LOCK_SUFFIX = ".hubcache.lock"
@@ -54,6 +49,23 @@ _validated: "Dict[str, Tuple[Tuple[int, int], Optional[str]]]" = {}
 _touched: "Dict[str, float]" = {}
 
 
+#: The variables that locate the cache, first set wins (tensorflow_hub's, then ours).
+CACHE_DIR_VARIABLES = ("TFHUB_CACHE_DIR", "HUBCACHE_CACHE_DIR")
+
+
+def configured_root(override: "Optional[str]", environ: "Any") -> str:
+    """The cache root as configured (``override``, else the first of
+    :data:`CACHE_DIR_VARIABLES` set in ``environ``), or "" for the default.
+    The one statement of the precedence, for the settings and the warm path."""
+    if override:
+        return os.fspath(override)
+    for name in CACHE_DIR_VARIABLES:
+        value = environ.get(name)
+        if value:
+            return str(value)
+    return ""
+
+
 def cache_root(configured: "Optional[str]") -> str:
     """The absolute cache root: ``configured``, else platformdirs' user cache dir."""
     if not configured:
@@ -61,11 +73,6 @@ def cache_root(configured: "Optional[str]") -> str:
 
         configured = platformdirs.user_cache_dir("hubcache", appauthor=False)
     return os.path.abspath(os.path.expanduser(os.fspath(configured)))
-
-
-def cache_key(raw: str) -> str:
-    """SHA-1 hex of ``raw``: the directory tensorflow_hub (and hubcache) cache it in."""
-    return _sha1(raw.encode("utf8")).hexdigest()
 
 
 def is_key(name: str) -> bool:

@@ -35,7 +35,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from ._version import __version__
 from .cancel import Cancellation
-from .config import Settings, kaggle_credentials
+from .config import Settings
 from .errors import DownloadError
 
 log = logging.getLogger("hubcache")
@@ -190,7 +190,7 @@ class Transport:
         self.handle = handle
         self.settings = settings
         self.cancellation: Optional[Cancellation] = settings.cancellation
-        self.credentials = kaggle_credentials() if credentials_for else None
+        self.credentials = settings.kaggle_credentials() if credentials_for else None
         origin = origin_of(credentials_for) if credentials_for else None
         self.allowed: FrozenSet[Origin] = frozenset([origin] if origin else [])
         self.failures = 0  # failed attempts since the last progress
