@@ -363,27 +363,36 @@ def entry_metadata(raw: str, settings: Settings) -> Optional[Dict[str, Any]]:
 
 def _download(how: ArchivePlan, handle: str, settings: Settings, dest: str) -> Dict[str, Any]:
     """Stream the archive into ``dest``; return what the cache records about it."""
+    import dataclasses
     import logging
 
     from .archive import extract
+    from .cancel import Cancellation
     from .download import open_archive
     from .transport import redact
 
-    limits = settings.limits()
-    with open_archive(how, handle=handle, settings=settings) as body:
-        started = time.monotonic()
-        extracted = extract(body.chunks(), dest, handle=handle, limits=limits)
-        seconds = max(time.monotonic() - started, 1e-6)
-        mib = body.bytes_read / (1 << 20)
-        logging.getLogger("hubcache").info(
-            "Downloaded %s: %.1f MiB in %.1f s, %.1f MiB per second", handle, mib, seconds, mib / seconds
-        )
-        return {
-            "source_url": redact(body.requested_url),
-            "downloaded_from": redact(body.url),
-            "bytes": body.bytes_read,
-            "sha256": body.sha256,
-            "files": extracted.files,
-            "crc32": extracted.crc32,
-            "links": extracted.links,
-        }
+    # This download's own cancellation (a child of the call's): when extraction
+    # fails, or Ctrl-C arrives, its socket is shut down before the pipeline is
+    # joined, so a read blocked in the fetch thread ends at once and is not retried.
+    cancellation = Cancellation(settings.cancellation)
+    settings = dataclasses.replace(settings, cancellation=cancellation)
+    try:
+        with open_archive(how, handle=handle, settings=settings) as body:
+            started = time.monotonic()
+            extracted = extract(body.chunks(), dest, handle=handle, limits=settings.limits())  # TODO abort
+            seconds = max(time.monotonic() - started, 1e-6)
+            mib = body.bytes_read / (1 << 20)
+            logging.getLogger("hubcache").info(
+                "Downloaded %s: %.1f MiB in %.1f s, %.1f MiB per second", handle, mib, seconds, mib / seconds
+            )
+            return {
+                "source_url": redact(body.requested_url),
+                "downloaded_from": redact(body.url),
+                "bytes": body.bytes_read,
+                "sha256": body.sha256,
+                "files": extracted.files,
+                "crc32": extracted.crc32,
+                "links": extracted.links,
+            }
+    finally:
+        cancellation.close()

@@ -17,7 +17,7 @@ import threading
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
-    from typing import Any, Set
+    from typing import Any, Optional, Set
 
 
 class Cancelled(KeyboardInterrupt):
@@ -25,20 +25,40 @@ class Cancelled(KeyboardInterrupt):
 
 
 class Cancellation:
-    """A flag that stops the downloads it was handed to, from any thread."""
+    """A flag that stops the downloads it was handed to, from any thread.
 
-    def __init__(self) -> None:
+    Each download has its own, a child of its call's (if any): a failing
+    download cancels only itself (its socket shut down before its pipeline is
+    joined), while cancelling the call cancels every download in it.
+    """
+
+    def __init__(self, parent: "Optional[Cancellation]" = None) -> None:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._responses: "Set[Any]" = set()
         self._dirs: "Set[str]" = set()
+        self._children: "Set[Cancellation]" = set()
+        self._parent = parent
+        if parent is not None:
+            with parent._lock:
+                parent._children.add(self)
+            if parent.cancelled:
+                self.cancel()
 
     def cancel(self) -> None:
         self._event.set()
         with self._lock:
-            responses = list(self._responses)
+            responses, children = list(self._responses), list(self._children)
         for response in responses:
             shutdown(response)
+        for child in children:
+            child.cancel()
+
+    def close(self) -> None:
+        """Detach from the parent: this download is over."""
+        if self._parent is not None:
+            with self._parent._lock:
+                self._parent._children.discard(self)
 
     @property
     def cancelled(self) -> bool:

@@ -26,6 +26,7 @@ import requests
 import urllib3
 
 from .archive import is_compressed
+from .cancel import shutdown
 from .config import Settings
 from .errors import DownloadError, IntegrityError
 from .resolvers import ArchivePlan, LocationPlan
@@ -83,6 +84,9 @@ class Body:
         return content_type.startswith(("text/html", "application/xhtml")) and not is_compressed(self._first)
 
     def close(self) -> None:
+        # Shut down first: a read blocked in the fetch thread holds the response's
+        # lock, and only a shutdown makes it return (close alone would wait for it).
+        shutdown(self._response)
         self._transport.close_response(self._response)
 
     def chunks(self) -> Iterator[bytes]:
@@ -352,7 +356,7 @@ class _StorageChecksum:
                 pass
             else:
                 return cls("CRC32C", found["crc32c"], google_crc32c.Checksum())
-        if "md5" in found:
+        if "md5" in found and len(found["md5"]) == 16:  # junk is ignored, as for CRC32C
             return cls("MD5", found["md5"], hashlib.md5())
         return None
 

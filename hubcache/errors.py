@@ -108,8 +108,10 @@ class PrefetchError(HubcacheError):
     """
 
     def __init__(self, paths: "dict[str, str]", errors: "dict[str, HubcacheError]") -> None:
+        from .handles import redact  # here: handles imports this module
+
         lines = [f"{len(errors)} of {len(paths) + len(errors)} handles failed:"]
-        lines += [f"  {handle}: {error}" for handle, error in errors.items()]
+        lines += [f"  {redact(handle)}: {error}" for handle, error in errors.items()]
         super().__init__("\n".join(lines))
         self.paths = paths
         self.errors = errors

@@ -113,6 +113,15 @@ def redact(raw: str) -> str:
     return f"{scheme}://{authority}{path}{question}{_redact_params(query)}{hash_}{_redact_params(fragment)}"
 
 
+def redact_text(text: str) -> str:
+    """:func:`redact` for a URL, or for a request path with a query (as
+    ``/m.tar.gz?sig=...`` in a log line)."""
+    if "://" in text:
+        return redact(text)
+    path, question, query = text.partition("?")
+    return path + question + _redact_params(query) if question else text
+
+
 def _redact_params(text: str) -> str:
     if not text:
         return text

@@ -37,6 +37,7 @@ from ._version import __version__
 from .cancel import Cancellation
 from .config import Settings
 from .errors import DownloadError
+from .handles import redact_text
 
 log = logging.getLogger("hubcache")
 
@@ -57,6 +58,19 @@ _UNUSABLE_URL = (
 )
 
 Origin = Tuple[str, str, int]
+
+
+class _RedactingFilter(logging.Filter):
+    """urllib3 logs each request line, query included, at DEBUG: an application
+    that turns on DEBUG for every logger would otherwise print signatures."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_text(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_RedactingFilter())
 
 
 def redact(url: str) -> str:
@@ -86,7 +100,8 @@ def origin_of(url: str) -> Optional[Origin]:
     scheme = (parsed.scheme or "").lower()
     if scheme not in ("http", "https") or not parsed.host:
         return None
-    return scheme, parsed.host.lower(), parsed.port or (443 if scheme == "https" else 80)
+    # urllib3 keeps an IPv6 literal's brackets; the standard library drops them.
+    return scheme, parsed.host.lower().strip("[]"), parsed.port or (443 if scheme == "https" else 80)
 
 
 def may_carry_credentials(url: str, allowed: FrozenSet[Origin]) -> bool:
@@ -182,6 +197,17 @@ class _Adapter(HTTPAdapter):
         return manager
 
 
+class _Session(requests.Session):
+    """A session that never follows redirects itself. Even with
+    ``allow_redirects=False``, ``Session.send`` asks ``resolve_redirects`` for
+    the next request, which reads the whole redirect body first: a 302 whose
+    body drips, or never ends, would hang or fill memory. hubcache follows
+    redirects in :meth:`Transport._follow` and never reads their bodies."""
+
+    def resolve_redirects(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return iter(())
+
+
 class Transport:
     """The HTTP side of one fetch: a session, the credentials rule, and the
     count of failed attempts in a row that :meth:`failed` enforces."""
@@ -194,7 +220,7 @@ class Transport:
         origin = origin_of(credentials_for) if credentials_for else None
         self.allowed: FrozenSet[Origin] = frozenset([origin] if origin else [])
         self.failures = 0  # failed attempts since the last progress
-        self.session = requests.Session()
+        self.session = _Session()
         for prefix in ("http://", "https://"):
             self.session.mount(prefix, _Adapter())
         self.session.headers["User-Agent"] = f"hubcache/{__version__}"
@@ -260,8 +286,12 @@ class Transport:
             response = self._send(url, headers)
             if not response.is_redirect:
                 return response, url
-            target = urljoin(url, response.headers["Location"])
+            location = response.headers["Location"]
             self.close_response(response)
+            try:
+                target = urljoin(url, location)
+            except ValueError:
+                raise self._unusable(redact_text(location[:200]), "it does not parse as a URL") from None
             log.debug("%s: HTTP %d from %s, redirected to %s", self.handle, response.status_code,
                       redact(url), redact(target))
             url = target
@@ -293,18 +323,20 @@ class Transport:
                 **options,
             )
         except _UNUSABLE_URL as e:
-            shown = f"{scheme}://..." if scheme not in ("http", "https") else redact(url)
-            raise DownloadError(
-                f"could not download {self.handle}: {shown} cannot be requested "
-                f"({type(e).__name__}: only http(s) URLs with a valid host and port are followed). "
-                "A redirect that leads there means a misconfigured or hostile server; report it "
-                "to the model's publisher.",
-                handle=self.handle,
-                url=shown,
-            ) from None
+            shown = f"{scheme}://..." if scheme not in ("http", "https") else redact_text(url)
+            raise self._unusable(shown, type(e).__name__) from None
         if self.cancellation is not None:
             self.cancellation.track(response)
         return response
+
+    def _unusable(self, shown: str, why: str) -> DownloadError:
+        return DownloadError(
+            f"could not download {self.handle}: {shown} cannot be requested ({why}: only "
+            "http(s) URLs with a valid host and port are followed). A redirect that leads there "
+            "means a misconfigured or hostile server; report it to the model's publisher.",
+            handle=self.handle,
+            url=shown,
+        )
 
     def close_response(self, response: requests.Response) -> None:
         response.close()
@@ -353,7 +385,7 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():
-        return float(value)
+        return min(float(value), 1e9)  # 400 digits are "for ever", not inf
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
