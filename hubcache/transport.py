@@ -197,6 +197,14 @@ class _Adapter(HTTPAdapter):
         return manager
 
 
+class _HopFailed(Exception):
+    """A request of a redirect chain failed in a way worth retrying."""
+
+    def __init__(self, url: str, error: Exception) -> None:
+        super().__init__(url)
+        self.url, self.error = url, error
+
+
 class _Session(requests.Session):
     """A session that never follows redirects itself. Even with
     ``allow_redirects=False``, ``Session.send`` asks ``resolve_redirects`` for
@@ -242,8 +250,8 @@ class Transport:
             self.check_cancelled()
             try:
                 response, final_url = self._follow(url, headers or {})
-            except requests.RequestException as e:
-                self.failed(f"{redact(url)} did not answer ({reason(e, self.settings)})", None, url)
+            except _HopFailed as e:  # named by the hop that failed, not where the chain began
+                self.failed(f"{redact(e.url)} did not answer ({reason(e.error, self.settings)})", None, e.url)
                 continue
             status = response.status_code
             if status not in RETRY_STATUSES:
@@ -283,10 +291,17 @@ class Transport:
 
     def _follow(self, url: str, headers: Dict[str, str]) -> Tuple[requests.Response, str]:
         for _ in range(MAX_REDIRECTS + 1):
-            response = self._send(url, headers)
+            try:
+                response = self._send(url, headers)
+            except requests.RequestException as e:
+                raise _HopFailed(url, e) from None
             if not response.is_redirect:
                 return response, url
             location = response.headers["Location"]
+            try:  # as requests does: the header arrives as Latin-1, URLs are UTF-8
+                location = location.encode("latin1").decode("utf8")
+            except UnicodeError:
+                pass
             self.close_response(response)
             try:
                 target = urljoin(url, location)
@@ -403,7 +418,9 @@ def reason(e: BaseException, settings: Settings) -> str:
     if isinstance(e, (requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError)):
         return f"no data for {settings.timeout:g} s"
     if isinstance(e, requests.exceptions.SSLError):
-        return "TLS certificate verification failed (set REQUESTS_CA_BUNDLE for a private CA)"
+        if "CERTIFICATE_VERIFY_FAILED" in str(e):
+            return "TLS certificate verification failed (set REQUESTS_CA_BUNDLE for a private CA)"
+        return "the TLS handshake failed (is it really an https:// server?)"
     text = str(e)
     slow = re.search(_SLOW_HEAD.replace("{:g}", r"[\d.e+]+"), text)
     if slow:
