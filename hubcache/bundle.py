@@ -25,7 +25,7 @@ from .archive import Limits, extract
 from .cache import Cache, atomic_path, owner_suffix, utc_iso
 from .fs import read_blocks, remove_tree, walk
 from .layout import IMPORT_PREFIX
-from .errors import ArchiveError, HubcacheError, IntegrityError
+from .errors import ArchiveError, HandleError, HubcacheError, IntegrityError
 from .inventory import Entry
 from .handles import saved_model_required
 
@@ -44,6 +44,13 @@ def export_bundle(entries: List[Tuple[Entry, Cache]], out: str) -> Dict[str, Any
     }
     members: List[Tuple[str, str]] = []  # (archive name, path on disk)
     for entry, cache in entries:
+        if not entry.handle or handles.cache_key(entry.handle) != entry.key:
+            raise HandleError(
+                f"{entry.handle or entry.key} cannot be put in a bundle: its handle carried a secret "
+                "(a password or a signed query), which hubcache does not store, so the bundle could "
+                "not name its entry. Export the other handles, and fetch this one where it is needed.",
+                handle=entry.handle,
+            )
         files, links = {}, {}
         for rel, path in _walk(entry.path):
             if os.path.islink(path):
@@ -122,9 +129,7 @@ def _valid_item(item: Dict[str, Any]) -> bool:
     links, metadata = item.get("links", {}), item.get("metadata")
     if not (isinstance(handle, str) and isinstance(key, str) and layout.is_key(key)):
         return False
-    # A handle stored redacted (it had a secret) cannot be hashed back to its key.
-    redacted = handles.REDACTED in handle and handles.redact(handle) == handle
-    if not (redacted or handles.parse(handle).cache_key == key):
+    if handles.parse(handle).cache_key != key:  # an entry is named after its handle, always
         return False
     return (
         isinstance(files, dict)

@@ -99,10 +99,7 @@ class Cache:
                 os.rename(directory, trash)
                 remove_tree(trash)
             for suffix in (METADATA_SUFFIX, DESCRIPTOR_SUFFIX, USED_SUFFIX):
-                try:
-                    os.unlink(self._sibling(key, suffix))
-                except FileNotFoundError:
-                    pass
+                remove_tree(self._sibling(key, suffix))  # a file, or junk of any kind
             return True
         finally:
             lock.release()
@@ -237,6 +234,9 @@ class Cache:
             size=sum(info["files"].values()),
         )
         marker = self._sibling(key, METADATA_SUFFIX)
+        for junk in (marker, self._sibling(key, DESCRIPTOR_SUFFIX)):
+            if os.path.lexists(junk) and not os.path.isfile(junk):  # a directory there would
+                remove_tree(junk)  # make every publish of this entry fail
         write_atomic(marker, json.dumps(metadata, indent=1, sort_keys=True))
         write_atomic(
             self._sibling(key, DESCRIPTOR_SUFFIX),

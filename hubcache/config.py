@@ -295,8 +295,8 @@ def parse_size(raw: str, name: str, allow_zero: bool = False) -> int:
             text = text[:-1]
     unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
     try:
-        number = float(text[: len(text) - len(unit)])
-        value = int(number * _SIZE_UNITS[unit]) if math.isfinite(number) else -1
+        number = float(text[: len(text) - len(unit)]) * _SIZE_UNITS[unit]
+        value = int(number) if math.isfinite(number) else -1  # 1e308T overflows to inf
     except ValueError:
         value = -1
     if value < 0 or (value == 0 and not allow_zero):

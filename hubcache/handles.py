@@ -217,14 +217,14 @@ def _parse_file_url(raw: str) -> Handle:
     from urllib.parse import unquote
 
     netloc, path, _ = _split(raw)
-    if netloc not in ("", "localhost"):
+    if netloc.lower() not in ("", "localhost"):
         raise HandleError(
             f"handle {redact(raw)!r} names the remote host {redact('x://' + netloc)[4:]!r}: file:// URLs must be "
             "local (file:///path or file://localhost/path).",
             handle=redact(raw),
         )
     path = unquote(path)
-    if not path.strip("/") and path != "/":  # file:// and file://localhost: no path at all
+    if not path:  # file:// and file://localhost: no path at all
         raise HandleError(
             f"handle {redact(raw)!r} names no path (it would mean the current directory): write "
             "file:///absolute/path/to/model.",
