@@ -174,26 +174,6 @@ SETTING_VARIABLES = (
 )
 
 
-def settings_report(
-    settings: Settings, *, cache_dir_argument: bool = False, environ: Optional[Mapping[str, str]] = None
-) -> "list[tuple[str, str, str]]":
-    """(setting, value, where it came from) for every setting, for bug reports.
-    Kaggle credentials are reported by source only, never by value."""
-    env = os.environ if environ is None else environ
-    rows = []
-    for name, variables in SETTING_VARIABLES:
-        source = next((f"${v}" for v in variables if env.get(v, "").strip()), "default")
-        if name == "cache_dir" and cache_dir_argument:
-            source = "--cache-dir"
-        rows.append((name, str(getattr(settings, name)), source))
-    try:
-        credentials = kaggle_credentials(env)
-        rows.append(("kaggle_credentials", "set" if credentials else "none", credentials.source if credentials else "-"))
-    except ConfigError as e:
-        rows.append(("kaggle_credentials", "unreadable", str(e)))
-    return rows
-
-
 def _cache_dir(override: Optional[str], env: Mapping[str, str]) -> str:
     return cache_root(configured_root(override, env) or None)
 

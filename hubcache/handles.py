@@ -207,8 +207,10 @@ def _host_and_port(netloc: str) -> "Tuple[str, str]":
     """(lower-case host, port text) of ``[user@]host[:port]``."""
     host = netloc.rpartition("@")[2]
     if host.startswith("["):  # [IPv6]:port
-        inside, _, after = host[1:].partition("]")
-        return inside.lower(), after[1:] if after.startswith(":") else after
+        inside, bracket, after = host[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            return "", ""  # an unclosed or malformed literal: no host
+        return inside.lower(), after[1:]
     name, _, port = host.partition(":")
     return name.lower(), port
 

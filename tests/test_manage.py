@@ -3,16 +3,17 @@ verify, export/import, env, prefetch --jobs/--bundle, read-only layers."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 
 import pytest
+from archives import fake_saved_model, fake_saved_model_files, read_tree
+from conftest import leftovers, run_cli
 
 import hubcache
 import hubcache.layout as layout
-from archives import fake_saved_model, fake_saved_model_files, read_tree
-from conftest import leftovers, run_cli
 from hubcache.handles import cache_key
 
 TINY = "https://tfhub.dev/google/tiny/1"
@@ -70,6 +71,44 @@ def test_ls_shows_every_state(env, filled, cache_dir):
     assert states == {(TINY, "ok"), (BIG, "damaged"), (OTHER, "foreign"), (TINY, "incomplete")}
     r = run_cli("ls", env=env)
     assert "damaged (saved_model.pb went missing)" in r.stdout and "incomplete (left by a process that died)" in r.stdout
+
+
+def test_ls_filter_state_limit(env, filled, cache_dir):
+    os.remove(os.path.join(filled[BIG], "saved_model.pb"))
+    assert [e["handle"] for e in ls_json(env, "--filter", "TFHUB.dev/Google")] == [BIG, TINY]  # any case
+    assert [e["handle"] for e in ls_json(env, "--filter", cache_key(OTHER)[:10])] == [OTHER]  # or the key
+    assert [e["handle"] for e in ls_json(env, "--state", "damaged")] == [BIG]
+    assert [e["handle"] for e in ls_json(env, "--state", "ok", "--state", "damaged", "--sort", "size", "--limit", "1")] == [BIG]
+    assert ls_json(env, "--filter", "nothing-like-it") == []
+    r = run_cli("ls", "--filter", "tfhub", "--limit", "1", env=env)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1].startswith("1 of 3 entries (1 damaged), ")
+    r = run_cli("ls", "--filter", "nothing-like-it", env=env)
+    assert r.stdout == "no entry of the 3 in the cache matches\n"
+    assert run_cli("ls", "--limit", "-1", env=env).returncode == 2
+
+
+def test_ls_quiet_prints_handles_for_scripts(env, filled, cache_dir):
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    os.makedirs(os.path.join(cache_dir, f"{cache_key(TINY)}.hubcache-tmp.{socket.gethostname()}.{dead.pid}.ab12"))
+    for args in (["ls", "-q"], ["-q", "ls"], ["ls", "--quiet", "--sort", "handle"]):
+        r = run_cli(*args, env=env)
+        assert (r.returncode, r.stdout, r.stderr) == (0, f"{BIG}\n{TINY}\n{OTHER}\n", ""), args  # TINY once
+    r = run_cli("ls", "-q", "--filter", "tfhub.dev", env=env)
+    r = run_cli("rm", "-y", "-q", *r.stdout.split(), env=env)  # hubcache ls -q --filter ... | xargs hubcache rm -y
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert [e["handle"] for e in ls_json(env, "--state", "ok")] == [OTHER]
+    assert run_cli("ls", "-q", env=dict(env, TFHUB_CACHE_DIR=cache_dir + "-empty")).stdout == ""
+
+
+def test_quiet_removal_shows_the_plan_only_when_it_is_the_answer(env, filled):
+    r = run_cli("rm", "-q", "--dry-run", TINY, env=env)
+    assert r.returncode == 0 and r.stdout.startswith("HANDLE") and "1 to remove" in r.stdout
+    r = run_cli("prune", "-q", "--max-size", "1", "-y", env=env)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert ls_json(env) == []
 
 
 def test_info(env, filled):
@@ -235,15 +274,53 @@ def test_prefetch_jobs_in_parallel_with_bundle_and_summary(env, hub, tmp_path):
     assert f"wrote {bundle}: 8 entries" in r.stderr
 
 
-def test_env_reports_values_and_sources(env, tmp_path):
-    r = run_cli("env", "--json", "--cache-dir", str(tmp_path / "c"), env=dict(env, HUBCACHE_MAX_RETRIES="2", KAGGLE_API_TOKEN="s3cr3t"))
-    out = json.loads(r.stdout)
-    rows = {x["setting"]: (x["value"], x["source"]) for x in out["settings"]}
-    assert rows["cache_dir"] == (str(tmp_path / "c"), "--cache-dir")
-    assert rows["max_retries"] == ("2", "$HUBCACHE_MAX_RETRIES")
-    assert rows["lock_timeout"] == ("3600.0", "default")
-    assert rows["kaggle_credentials"] == ("set", "KAGGLE_API_TOKEN")
-    assert "s3cr3t" not in r.stdout and out["versions"]["hubcache"] == hubcache.__version__
+def env_rows(r):
+    return {x["variable"]: x for x in json.loads(r.stdout)["settings"]}
+
+
+def test_env_reports_variables_values_and_sources(env, tmp_path):
+    secrets = dict(env, HUBCACHE_MAX_RETRIES="2", KAGGLE_API_TOKEN="s3cr3t", HUBCACHE_MAX_SIZE="100G",
+                   HUBCACHE_MIN_RATE="1K", HUBCACHE_CACHE_DIR=str(tmp_path / "second"),
+                   HUBCACHE_GCS_ENDPOINT="https://me:hunter2@mirror.example")
+    r = run_cli("env", "--json", "--cache-dir", str(tmp_path / "c"), env=secrets)
+    assert r.returncode == 0, r.stderr
+    rows = env_rows(r)
+    assert (rows["--cache-dir"]["value"], rows["--cache-dir"]["source"]) == (str(tmp_path / "c"), "command line")
+    assert rows["TFHUB_CACHE_DIR"]["source"] == "environment, overridden by --cache-dir"
+    assert rows["HUBCACHE_CACHE_DIR"]["source"] == "environment, overridden by --cache-dir"
+    assert (rows["HUBCACHE_MAX_RETRIES"]["value"], rows["HUBCACHE_MAX_RETRIES"]["source"]) == (2, "environment")
+    assert (rows["HUBCACHE_LOCK_TIMEOUT"]["text"], rows["HUBCACHE_LOCK_TIMEOUT"]["source"]) == ("3600 s", "default")
+    assert rows["HUBCACHE_MAX_SIZE"]["text"] == "100.0 GiB" and rows["HUBCACHE_MIN_RATE"]["text"] == "1.0 KiB/s"
+    assert rows["HUBCACHE_GCS_ENDPOINT"]["text"] == "https://***@mirror.example"
+    assert json.loads(r.stdout)["kaggle_credentials"] == {"source": "KAGGLE_API_TOKEN", "error": None}
+    assert "s3cr3t" not in r.stdout and "hunter2" not in r.stdout
+    assert json.loads(r.stdout)["versions"]["hubcache"] == hubcache.__version__
+    r = run_cli("env", env=dict(secrets, TFHUB_CACHE_DIR=""))  # an empty variable counts as set, and loses
+    lines = {line.split()[0]: line.split(None, 2)[1:] for line in r.stdout.splitlines() if line.startswith(("TFHUB_", "HUBCACHE_"))}
+    assert lines["HUBCACHE_CACHE_DIR"] == ["environment", str(tmp_path / "second")]
+    assert lines["TFHUB_CACHE_DIR"][0] == "environment," and "overridden by HUBCACHE_CACHE_DIR" in lines["TFHUB_CACHE_DIR"][1]
+    assert "Kaggle credentials: from KAGGLE_API_TOKEN (not shown)" in r.stdout and "s3cr3t" not in r.stdout
+
+
+def test_env_shows_everything_when_settings_are_invalid(env, tmp_path):
+    (tmp_path / "kaggle-config" / "kaggle.json").write_text("{not json")
+    bad = dict(env, HUBCACHE_TIMEOUT="inf", HUBCACHE_MAX_SIZE="lots", HUBCACHE_OFFLINE="maybe")
+    r = run_cli("env", env=bad)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr == "hubcache: 4 invalid settings (shown above): fix or unset them\n"
+    shown = {line.split()[0]: line for line in r.stdout.splitlines() if line.startswith(("TFHUB_", "HUBCACHE_"))}
+    from hubcache.config import SETTING_VARIABLES
+
+    assert set(shown) == {v for _, variables in SETTING_VARIABLES for v in variables}  # every one, still
+    assert "INVALID: HUBCACHE_TIMEOUT='inf' must be a positive, finite number" in shown["HUBCACHE_TIMEOUT"]
+    assert "INVALID: HUBCACHE_MAX_SIZE='lots'" in shown["HUBCACHE_MAX_SIZE"]
+    assert "INVALID: HUBCACHE_OFFLINE='maybe'" in shown["HUBCACHE_OFFLINE"]
+    assert shown["HUBCACHE_MAX_RETRIES"].split()[1:] == ["default", "5"]  # the valid ones as usual
+    assert "Kaggle credentials: INVALID: Kaggle credentials file" in r.stdout
+    rows = env_rows(run_cli("env", "--json", env=bad))
+    assert rows["HUBCACHE_TIMEOUT"]["value"] is None and "positive" in rows["HUBCACHE_TIMEOUT"]["error"]
+    r = run_cli("ls", env=bad)  # every other command refuses
+    assert r.returncode == 2 and r.stderr.startswith("hubcache: HUBCACHE_")
 
 
 def test_read_only_layer_behind_the_users_cache(env, hub, tmp_path, monkeypatch):
@@ -319,3 +396,54 @@ def test_lock_file_made_by_a_reader_is_shareable(env, hub):
     finally:
         os.umask(old)
     assert os.stat(lock).st_mode & 0o777 == 0o666
+
+
+def help_of(env, command):
+    r = run_cli(command, "--help", env=env)
+    assert r.returncode == 0
+    return r.stdout
+
+
+def keys(data):
+    """Every key in a JSON document, nested ones too."""
+    if isinstance(data, dict):
+        return set(data) | {k for v in data.values() for k in keys(v)}
+    if isinstance(data, list):
+        return {k for v in data for k in keys(v)}
+    return set()
+
+
+def assert_documented(env, command, *outputs):
+    text = help_of(env, command)
+    found = set().union(*(keys(json.loads(out)) for out in outputs))
+    missing = [k for k in sorted(found) if not re.search(rf"(?<![\w-]){re.escape(k)}(?![\w-])", text)]
+    assert not missing, f"{command} --help does not document {missing}"
+    return found
+
+
+def test_every_json_field_is_documented_in_the_commands_help(env, hub, filled, tmp_path):
+    missing = "https://tfhub.dev/google/missing/1"
+    def out(*args):
+        return run_cli(*args, env=env).stdout
+
+    fields = assert_documented(env, "prefetch", out("prefetch", "--json", TINY, missing))
+    assert fields == {"handle", "ok", "path", "seconds", "error", "error_type"}
+    assert_documented(env, "resolve", out("resolve", "--json", TINY), out("resolve", "--json", missing))
+    bundle = str(tmp_path / "b.tar")
+    assert_documented(env, "export", out("export", "--json", TINY, "-o", bundle))
+    (tmp_path / "junk.tar").write_bytes(b"junk")
+    assert_documented(env, "import", out("import", "--json", bundle, str(tmp_path / "junk.tar")))
+    fields = assert_documented(env, "ls", out("ls", "--json"))
+    assert fields == {"cache_dir", "entries"} | set(ENTRY_FIELDS)
+    assert_documented(env, "info", out("info", "--json", TINY))
+    assert "signatures" in help_of(env, "info")
+    assert_documented(env, "rm", out("rm", "--json", "--dry-run", TINY), out("rm", "--json", "-y", TINY))
+    assert_documented(env, "prune", out("prune", "--json", "--dry-run", "--max-size", "1"),
+                      out("prune", "--json", "-y", "--max-size", "1"))
+    assert_documented(env, "verify", out("verify", "--json"))
+    fields = assert_documented(env, "env", out("env", "--json"))
+    assert {"versions", "settings", "kaggle_credentials", "variable", "setting", "source", "value", "text", "error"} <= fields
+
+
+ENTRY_FIELDS = ("handle", "key", "path", "state", "problem", "size", "files", "fetched_at", "last_used",
+                "source_url", "sha256", "readonly")

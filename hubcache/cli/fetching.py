@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import re
 import sys
-import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -16,10 +16,68 @@ from ..archive import Limits
 from ..cache import Cache, write_atomic
 from ..config import Settings
 from ..errors import ConfigError, HubcacheError
+from ..handles import redact
 from ..inventory import Entry, find, format_size, layers
-from .output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, emit_json, error, table
+from .arguments import download_handles, entry_handles, output_file
+from .output import EXIT_FAILED, EXIT_OK, UsageError, count_entries, emit_json, error, say, table
+from .progress import total_bar
+
+log = logging.getLogger("hubcache.cli")
 
 _COMMENT = re.compile(r"(^|\s)#.*$")  # '#' after a space: a URL's #fragment stays
+
+PREFETCH_EPILOG = """\
+examples:
+  hubcache prefetch https://tfhub.dev/google/nnlm-en-dim128/2
+  hubcache prefetch -j 4 -f handles.txt --lock hubcache.lock
+
+A HANDLE argument must be remote: a local path there is a usage error (exit 2)
+and nothing is fetched; if it names a file, the hint is -f FILE. A malformed
+handle, or a local path read from a -f file, fails as that handle (exit 1),
+and the others are still fetched.
+
+--json prints a list with one record per handle, in the order given:
+  handle      the handle as given, secrets shown as *** (a password in the
+              URL; query values such as X-Amz-Signature or token)
+  ok          true or false
+  path        its local directory, or null when it failed
+  seconds     when it finished, in seconds since the command started
+  error       on failure only: the message
+  error_type  on failure only: the exception's name (DownloadError, ...)"""
+
+RESOLVE_EPILOG = """\
+examples:
+  hubcache resolve https://tfhub.dev/google/nnlm-en-dim128/2
+  MODEL=$(hubcache resolve -q https://tfhub.dev/google/yamnet/1)
+
+--json prints one record:
+  handle (as given, secrets shown as ***), ok (true or false), path (null on
+  failure), and on failure only
+  error (the message) and error_type (the exception's name)"""
+
+EXPORT_EPILOG = """\
+examples:
+  hubcache export https://tfhub.dev/google/yamnet/1 -o /mnt/usb/models.tar
+  hubcache export -f handles.txt -o models.tar
+
+Every handle must be a cached remote handle; a malformed handle or a local
+path is an error (exit 2), one that is not cached fails the command (exit 1),
+and nothing is written either way.
+
+--json prints one record:
+  bundle   the file written
+  bytes    its size
+  handles  the handles it holds"""
+
+IMPORT_EPILOG = """\
+examples:
+  hubcache import /mnt/usb/models.tar
+  HUBCACHE_OFFLINE=1 hubcache import a.tar b.tar --json
+
+--json prints a list: for each entry imported or already present
+  bundle, handle, ok (true), result ("imported" or "already present"),
+and for each bundle that could not be imported
+  bundle, ok (false), error (the message), error_type (the exception's name)"""
 
 
 def add_commands(command) -> None:  # type: ignore[no-untyped-def]
@@ -28,15 +86,16 @@ def add_commands(command) -> None:  # type: ignore[no-untyped-def]
         _prefetch,
         "download handles into the cache",
         "Download each handle into the cache. Goes on past a failing handle; exits 1 if any failed.",
+        PREFETCH_EPILOG,
     )
-    p.add_argument("handles", nargs="*", metavar="HANDLE", help="model handles")
+    p.add_argument("handles", nargs="*", metavar="HANDLE", help="model handles (remote: URLs, gs://)")
     p.add_argument(
         "-f",
         "--file",
         action="append",
         default=[],
         metavar="FILE",
-        help="read handles from FILE, one a line, each optionally followed by sha256=HEX; "
+        help="read handles from FILE, one a line, each optionally followed by sha256=HEX and size=N; "
         "'#' starts a comment; '-' is stdin. A --lock file is such a file",
     )
     p.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="download N handles at once")
@@ -59,6 +118,7 @@ def add_commands(command) -> None:  # type: ignore[no-untyped-def]
         _resolve,
         "print the local directory of a handle, downloading it if needed",
         "Print the local directory of HANDLE, downloading it first if it is not cached.",
+        RESOLVE_EPILOG,
     )
     p.add_argument("handle", metavar="HANDLE", help="model handle")
     p.add_argument("--sha256", metavar="HEX", help="the SHA-256 the archive must have")
@@ -68,6 +128,7 @@ def add_commands(command) -> None:  # type: ignore[no-untyped-def]
         _export,
         "write cached handles to one bundle file, for an offline machine",
         "Write the cache entries of the handles to one tar file; `hubcache import` reads it.",
+        EXPORT_EPILOG,
     )
     p.add_argument("handles", nargs="*", metavar="HANDLE", help="cached model handles")
     p.add_argument("-f", "--file", action="append", default=[], metavar="FILE", help="read handles from FILE")
@@ -79,20 +140,22 @@ def add_commands(command) -> None:  # type: ignore[no-untyped-def]
         "add the entries of bundle files to the cache",
         "Check every file of each bundle against its manifest, then publish its entries. "
         "Entries already present are left as they are.",
+        IMPORT_EPILOG,
     )
     p.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle files made by `hubcache export`")
 
 
-def read_handle_file(name: str) -> List[Tuple[str, Optional[str]]]:
-    """(handle, sha256 or None) for each line of a handle or lock file."""
+def read_handle_file(name: str) -> List[Tuple[str, Optional[str], Optional[int]]]:
+    """(handle, sha256 or None, size or None) for each line of a handle or lock file."""
     try:
         if name == "-":
             text = sys.stdin.read()
         else:
             with open(name, encoding="utf-8") as f:
                 text = f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read the handle file {name}: {e.strerror}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "it is not UTF-8 text"
+        raise ConfigError(f"cannot read the handle file {name}: {why}") from None
     entries = []
     for number, line in enumerate(text.splitlines(), 1):
         words = _COMMENT.sub("", line).split()
@@ -105,66 +168,77 @@ def read_handle_file(name: str) -> List[Tuple[str, Optional[str]]]:
                 f"{name}:{number}: unknown field {sorted(unknown)[0]!r}: a line is a handle, "
                 "optionally followed by sha256=HEX (and size=N)"
             )
-        entries.append((words[0], fields.get("sha256") or None))
+        size = fields.get("size")
+        if size is not None and not size.isdigit():
+            raise ConfigError(f"{name}:{number}: size={size!r} is not a number of bytes")
+        entries.append((words[0], fields.get("sha256") or None, int(size) if size else None))
     return entries
 
 
-def gather_handles(args: argparse.Namespace) -> Dict[str, Optional[str]]:
-    """{handle: sha256 or None} from the arguments and -f files, in order."""
+def gather_handles(args: argparse.Namespace) -> Tuple[Dict[str, Optional[str]], Dict[str, int]]:
+    """({handle: sha256 or None}, {handle: archive size}) from the arguments
+    and -f files, in order; sizes come from lock files."""
     pins: Dict[str, Optional[str]] = {h: None for h in args.handles}
+    sizes: Dict[str, int] = {}
     for name in args.file:
-        for handle, sha256 in read_handle_file(name):
+        for handle, sha256, size in read_handle_file(name):
             pins[handle] = sha256 or pins.get(handle)
-    return pins
+            if size is not None:
+                sizes[handle] = size
+    return pins, sizes
 
 
 def _prefetch(args: argparse.Namespace, settings: Settings) -> int:
-    pins = gather_handles(args)
+    download_handles(args.handles)
+    pins, sizes = gather_handles(args)
     if not pins:
-        return _usage("no handles given (pass HANDLE... or -f FILE)")
+        raise UsageError("prefetch: no handles given (pass HANDLE... or -f FILE)")
     if args.jobs < 1:
-        return _usage("--jobs takes a number of at least 1")
+        raise UsageError("prefetch: --jobs takes a number of at least 1")
     if args.sha256:
         if len(pins) != 1:
-            return _usage("--sha256 pins a single handle; for several, put sha256=HEX after each in a -f file")
+            raise UsageError("prefetch: --sha256 pins a single handle; for several, put sha256=HEX after each in a -f file")
         pins = {handle: args.sha256 for handle in pins}
     if args.require_hashes:
-        unpinned = [h for h, sha in pins.items() if not sha]
+        unpinned = [redact(h) for h, sha in pins.items() if not sha]
         if unpinned:
-            return _usage(f"--require-hashes: no SHA-256 for {', '.join(unpinned)}")
+            raise UsageError(f"prefetch: --require-hashes: no SHA-256 for {', '.join(unpinned)}")
+    if args.lock:
+        output_file(args.lock, "--lock", "hubcache.lock")
+    if args.bundle:
+        output_file(args.bundle, "--bundle")
     hashes = {h: sha for h, sha in pins.items() if sha}
-    total_bar = _total_bar(settings, len(pins), args.jobs)
-    if total_bar is not None:
-        settings = dataclasses.replace(settings, progress_hook=total_bar.hook)
+    bar = total_bar(settings, pins, sizes, args.jobs)
+    if bar is not None:
+        settings = dataclasses.replace(settings, progress_hook=bar.hook)
     results: Dict[str, Dict[str, Any]] = {}
     started = time.monotonic()
     try:
         for handle, outcome in iter_prefetch(pins, settings, hashes, args.jobs):
             results[handle] = record(handle, outcome)
             results[handle]["seconds"] = round(time.monotonic() - started, 3)
-            if args.json:
-                continue
             if isinstance(outcome, HubcacheError):
-                error(f"{handle}: {outcome}")
-            else:
-                print(f"{handle} -> {outcome}", flush=True)
+                log.debug("%s failed", redact(handle), exc_info=outcome)
+                error(f"{redact(handle) or repr(handle)}: {outcome}")
+            elif not args.json:
+                say(f"{redact(handle)} -> {outcome}")
     finally:
-        if total_bar is not None:
-            total_bar.close()
+        if bar is not None:
+            bar.close()
     ordered = [results[h] for h in pins]
     failed = sum(not r["ok"] for r in ordered)
     if args.json:
         emit_json(ordered)
-    elif len(ordered) > 1:
-        _summary(ordered, settings)
-    if failed and not args.json:
+    elif len(ordered) > 1 and not args.quiet:
+        _summary(list(pins), ordered, settings)
+    if failed:
         error(f"{failed} of {len(ordered)} handles failed")
     for option, write in ((args.lock, _write_lock), (args.bundle, _write_bundle)):
         if option:
             if failed:
                 error(f"{option} not written, since handles failed")
             else:
-                write(option, list(pins), settings)
+                write(option, list(pins), settings, args.quiet)
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -174,47 +248,53 @@ def _resolve(args: argparse.Namespace, settings: Settings) -> int:
         outcome = resolve_with(args.handle, settings, args.sha256)
     except HubcacheError as e:
         outcome = e
+        log.debug("%s failed", redact(args.handle), exc_info=e)
         error(str(e))
     if args.json:
         emit_json(record(args.handle, outcome))
     elif isinstance(outcome, str):
-        print(outcome)
+        say(outcome)
     return EXIT_FAILED if isinstance(outcome, HubcacheError) else EXIT_OK
 
 
 def record(handle: str, outcome: Union[str, HubcacheError]) -> Dict[str, Any]:
-    """The JSON record of one handle's outcome."""
+    """The JSON record of one handle's outcome (fields listed in the epilogs).
+    Output is often logged: the handle is shown with its secrets redacted."""
     if isinstance(outcome, HubcacheError):
-        return {"handle": handle, "ok": False, "path": None, "error": str(outcome), "error_type": type(outcome).__name__}
-    return {"handle": handle, "ok": True, "path": outcome}
+        return {"handle": redact(handle), "ok": False, "path": None, "error": str(outcome),
+                "error_type": type(outcome).__name__}
+    return {"handle": redact(handle), "ok": True, "path": outcome}
 
 
-def _summary(results: List[Dict[str, Any]], settings: Settings) -> None:
+def _summary(handles: List[str], results: List[Dict[str, Any]], settings: Settings) -> None:
     rows = []
-    for r in results:
-        metadata = entry_metadata(r["handle"], settings) if r["ok"] else None
+    for handle, r in zip(handles, results):
+        metadata = entry_metadata(handle, settings) if r["ok"] else None
         size = format_size(metadata["bytes"]) if metadata and "bytes" in metadata else "-"
         rows.append((r["handle"], "ok" if r["ok"] else r["error_type"], size, f"{r['seconds']:.1f} s"))
-    print(table(("HANDLE", "RESULT", "ARCHIVE", "DONE AFTER"), rows, right=(2, 3)), file=sys.stderr)
+    say(table(("HANDLE", "RESULT", "ARCHIVE", "DONE AFTER"), rows, right=(2, 3)), sys.stderr)
 
 
-def _write_lock(path: str, handles: List[str], settings: Settings) -> None:
+def _write_lock(path: str, handles: List[str], settings: Settings, quiet: bool) -> None:
     lines = [
         "# hubcache lock file: each handle with the SHA-256 and size of its archive.",
         f"# Verify or fetch exactly these: hubcache prefetch -f {os.path.basename(path)} --require-hashes",
     ]
     for handle in handles:
         metadata = entry_metadata(handle, settings)
-        if metadata and metadata.get("sha256"):
+        if redact(handle) != handle:  # secrets never reach disk, and a signed URL expires anyway
+            why = "its handle carries a secret (a password or a signed query), which is not written"
+        elif metadata and metadata.get("sha256"):
             lines.append(f"{handle} sha256={metadata['sha256']} size={metadata['bytes']}")
+            continue
         else:
             why = "no archive hash recorded: a local path, or cached by tensorflow_hub"
-            error(f"{handle} is not pinned in {path}: {why}")
-            lines.append(f"# {handle}  (not pinned: {why})")
+        error(f"{redact(handle)} is not pinned in {path}: {why}")
+        lines.append(f"# {redact(handle)}  (not pinned: {why})")
     write_atomic(path, "\n".join(lines) + "\n")
 
 
-def _write_bundle(path: str, handles: List[str], settings: Settings) -> None:
+def _write_bundle(path: str, handles: List[str], settings: Settings, quiet: bool) -> None:
     found = _find_entries(handles, settings)
     if isinstance(found, str):
         error(f"{path} not written: {found}")
@@ -222,12 +302,13 @@ def _write_bundle(path: str, handles: List[str], settings: Settings) -> None:
     from ..bundle import export_bundle
 
     export_bundle(found, path)
-    print(f"wrote {path}: {len(found)} entries, {format_size(os.path.getsize(path))}", file=sys.stderr)
+    if not quiet:
+        say(f"wrote {path}: {count_entries(len(found))}, {format_size(os.path.getsize(path))}", sys.stderr)
 
 
 def _find_entries(handles: List[str], settings: Settings) -> Union[str, List[Tuple[Entry, Cache]]]:
-    """The usable cache entry of each remote handle (local paths are skipped),
-    or the reason one is missing."""
+    """The usable cache entry of each remote handle (local paths, which a
+    prefetch -f file may hold, are skipped), or the reason one is missing."""
     from ..handles import parse
 
     found = []
@@ -240,25 +321,32 @@ def _find_entries(handles: List[str], settings: Settings) -> Union[str, List[Tup
                 found.append((entry, cache))
                 break
         else:
-            return f"{handle} is not (validly) cached: prefetch it first"
+            return f"{redact(handle)} is not (validly) cached: prefetch it first"
     return found
 
 
 def _export(args: argparse.Namespace, settings: Settings) -> int:
-    handles = list(gather_handles(args))
+    handles = list(gather_handles(args)[0])
     if not handles:
-        return _usage("no handles given (pass HANDLE... or -f FILE)", "export")
+        raise UsageError("export: no handles given (pass HANDLE... or -f FILE)")
+    entry_handles("export", handles)
+    output_file(args.output, "-o")
     found = _find_entries(handles, settings)
     if isinstance(found, str):
         error(f"nothing written: {found}")
         return EXIT_FAILED
     from ..bundle import export_bundle
 
-    manifest = export_bundle(found, args.output)
+    try:
+        manifest = export_bundle(found, args.output)
+    except OSError as e:
+        error(f"nothing written: cannot write {args.output} ({e.strerror or e})")
+        return EXIT_FAILED
+    size = os.path.getsize(args.output)
     if args.json:
-        emit_json({"bundle": args.output, "bytes": os.path.getsize(args.output), "handles": [e["handle"] for e in manifest["entries"]]})
-    else:
-        print(f"wrote {args.output}: {len(found)} entries, {format_size(os.path.getsize(args.output))}")
+        emit_json({"bundle": args.output, "bytes": size, "handles": [e["handle"] for e in manifest["entries"]]})
+    elif not args.quiet:
+        say(f"wrote {args.output}: {count_entries(len(found))}, {format_size(size)}")
     return EXIT_OK
 
 
@@ -273,48 +361,13 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
             for handle, outcome in import_bundle(cache, bundle, lock_timeout=settings.lock_timeout, limits=limits):
                 results.append({"bundle": bundle, "handle": handle, "ok": True, "result": outcome})
                 if not args.json:
-                    print(f"{handle}: {outcome}")
+                    say(f"{redact(handle)}: {outcome}")
         except (HubcacheError, OSError) as e:
             failed += 1
-            message = str(e) if isinstance(e, HubcacheError) else f"cannot read it ({e.strerror})"
+            message = str(e) if isinstance(e, HubcacheError) else f"cannot read it ({e.strerror or e})"
             results.append({"bundle": bundle, "ok": False, "error": message, "error_type": type(e).__name__})
+            log.debug("%s failed", bundle, exc_info=e)
             error(f"{bundle}: {message}")
     if args.json:
         emit_json(results)
     return EXIT_FAILED if failed else EXIT_OK
-
-
-def _usage(message: str, command: str = "prefetch") -> int:
-    error(f"{command}: {message}")
-    return EXIT_USAGE
-
-
-class _TotalBar:
-    """One progress bar over all downloads of a parallel prefetch."""
-
-    def __init__(self, bar) -> None:  # type: ignore[no-untyped-def]
-        self._bar = bar
-        self._lock = threading.Lock()
-
-    def hook(self, received: int, announced: int) -> None:
-        with self._lock:
-            if announced:
-                self._bar.total = (self._bar.total or 0) + announced
-                self._bar.refresh()
-            if received:
-                self._bar.update(received)
-
-    def close(self) -> None:
-        self._bar.close()
-
-
-def _total_bar(settings: Settings, count: int, jobs: int) -> Optional[_TotalBar]:
-    enabled = settings.progress if settings.progress is not None else sys.stderr.isatty()
-    if not enabled or jobs <= 1 or count <= 1:
-        return None
-    from tqdm import tqdm
-
-    return _TotalBar(
-        tqdm(total=0, desc=f"all {count} handles", unit="B", unit_scale=True, unit_divisor=1024,
-             file=sys.stderr, position=0, leave=False, mininterval=0.25)
-    )

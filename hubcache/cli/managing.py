@@ -1,21 +1,21 @@
-"""``ls``, ``info``, ``rm``, ``prune``, ``verify`` and ``env``: looking after a cache."""
+"""``ls``, ``info``, ``rm``, ``prune`` and ``verify``: looking after a cache."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
-import shutil
 from typing import Any, Dict, List, Optional
 
-from .._version import __version__
 from ..api import resolve_with
 from ..cache import Cache
-from ..config import Settings, parse_size, settings_report
+from ..config import Settings, parse_size
 from ..errors import ConfigError, HubcacheError
+from ..handles import REDACTED, redact
 from ..inventory import (
     DAMAGED,
+    FOREIGN,
     INCOMPLETE,
+    OK,
     Entry,
     Removal,
     find,
@@ -23,11 +23,24 @@ from ..inventory import (
     layers,
     parse_duration,
     plan_prune,
-    removable_leftover,
+    remove_leftover,
     scan,
     verify,
 )
-from .output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, confirm, emit_json, error, table, when
+from .arguments import entry_handles
+from .output import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    confirm,
+    count_entries,
+    emit_json,
+    error,
+    say,
+    table,
+    when,
+)
 
 SORT_KEYS = {
     "handle": lambda e: (e.handle or "", e.key),
@@ -35,6 +48,98 @@ SORT_KEYS = {
     "fetched": lambda e: -(e.fetched_at or 0),
     "used": lambda e: -(e.last_used or e.fetched_at or 0),
 }
+STATES = (OK, FOREIGN, DAMAGED, INCOMPLETE)
+
+#: The fields of an entry in ``ls --json`` and ``info --json``, exactly.
+ENTRY_FIELDS = ("handle", "key", "path", "state", "problem", "size", "files", "fetched_at", "last_used",
+                "source_url", "sha256", "readonly")
+_ENTRY_FIELDS_HELP = """\
+  handle      the handle it was fetched under, secrets shown as *** (null if
+              unknown)
+  key         the SHA-1 of the handle: the entry's directory name
+  path        its directory
+  state       ok, foreign (made by tensorflow_hub), damaged, or incomplete
+              (a download's leftovers)
+  problem     what is wrong (damaged, incomplete), else null
+  size        bytes on disk
+  files       number of files
+  fetched_at  when it was fetched (ISO 8601, UTC), or null
+  last_used   when it was last resolved (to the hour), or null
+  source_url  where it was downloaded from (signatures removed), or null
+  sha256      the SHA-256 of its archive, or null
+  readonly    true for an entry of a HUBCACHE_READONLY_DIRS cache"""
+
+LS_EPILOG = f"""\
+examples:
+  hubcache ls --sort size --limit 10
+  hubcache ls -q --filter yamnet | xargs hubcache rm -y
+
+-q (before or after ls) prints only the handles of the entries listed, one
+a line, each once; entries without a known handle are left out. --json wins
+over -q.
+
+--json prints {{"cache_dir": ..., "entries": [...]}}, each entry with:
+{_ENTRY_FIELDS_HELP}"""
+
+INFO_EPILOG = f"""\
+examples:
+  hubcache info https://tfhub.dev/google/yamnet/1
+  hubcache info --signatures --json https://tfhub.dev/google/yamnet/1
+
+Exits 1 if the handle is not cached or its entry is not usable (damaged).
+
+--json prints one record with:
+{_ENTRY_FIELDS_HELP}
+  signatures  with --signatures only: {{name: "inputs -> outputs"}}"""
+
+_REMOVAL_FIELDS_HELP = """\
+  handle, key, path, size (bytes on disk), reason (why it is removed)"""
+
+RM_EPILOG = f"""\
+examples:
+  hubcache rm --dry-run https://tfhub.dev/google/yamnet/1
+  hubcache ls -q --filter tfhub.dev/google | xargs hubcache rm -y
+
+Every handle is checked first: a malformed handle or a local path is an error
+(exit 2) and nothing is removed. A handle that is not cached is reported and
+makes the exit code 1; the others are still removed.
+-q prints the plan only when asking or with --dry-run, and no "removed" line.
+
+--json (which needs -y or --dry-run) prints
+  with --dry-run: {{"dry_run": true, "plan": [removal, ...]}}
+  else:           {{"removed": [removal, ...], "skipped": [removal, ...],
+                   "freed": bytes}}  (skipped: in use, left in place)
+with each removal:
+{_REMOVAL_FIELDS_HELP}"""
+
+PRUNE_EPILOG = f"""\
+examples:
+  hubcache prune --older-than 30d --dry-run
+  hubcache prune --max-size 20G --damaged --temp -y
+
+AGE needs a unit: s, m, h, d or w (30d, 12h); SIZE takes K, M, G or T (20G).
+-q prints the plan only when asking or with --dry-run, and no "removed" line.
+
+--json (which needs -y or --dry-run) prints
+  with --dry-run: {{"dry_run": true, "plan": [removal, ...]}}
+  else:           {{"removed": [removal, ...], "skipped": [removal, ...],
+                   "freed": bytes}}  (skipped: in use, left in place)
+with each removal:
+{_REMOVAL_FIELDS_HELP}"""
+
+VERIFY_EPILOG = """\
+examples:
+  hubcache verify
+  hubcache verify --repair https://tfhub.dev/google/yamnet/1
+
+A malformed handle or a local path is an error (exit 2); a handle that is not
+cached, or an entry still damaged at the end, exits 1.
+
+--json prints a list, one record per entry checked:
+  handle   its handle (null if unknown)
+  path     its directory
+  result   "ok", "damaged", "repaired", or "damaged (... not repaired)" saying why
+  problem  what was found wrong, or null"""
 
 
 def add_commands(command) -> None:  # type: ignore[no-untyped-def]
@@ -45,10 +150,14 @@ def add_commands(command) -> None:  # type: ignore[no-untyped-def]
         "List every entry (and read-only layer entry): handle, size on disk, files, when "
         "fetched, when last used, state (ok, damaged, foreign = made by tensorflow_hub, "
         "incomplete = a download's leftovers).",
+        LS_EPILOG,
     )
     p.add_argument("--sort", choices=sorted(SORT_KEYS), default="handle", help="order (default: handle)")
+    p.add_argument("--filter", metavar="TEXT", help="only entries whose handle (or key) contains TEXT, ignoring case")
+    p.add_argument("--state", action="append", choices=STATES, help="only entries in this state (repeatable)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N entries (after --sort)")
 
-    p = command("info", _info, "show one handle's cache entry", "Show the cache entry of HANDLE.")
+    p = command("info", _info, "show one handle's cache entry", "Show the cache entry of HANDLE.", INFO_EPILOG)
     p.add_argument("handle", metavar="HANDLE")
     p.add_argument("--signatures", action="store_true", help="also load it with TensorFlow and list its signatures")
 
@@ -57,6 +166,7 @@ def add_commands(command) -> None:  # type: ignore[no-untyped-def]
         _rm,
         "remove handles from the cache",
         "Remove the cache entries of the handles. Entries in use (being downloaded or loaded) are left alone.",
+        RM_EPILOG,
     )
     p.add_argument("handles", nargs="+", metavar="HANDLE")
     _plan_options(p)
@@ -67,8 +177,9 @@ def add_commands(command) -> None:  # type: ignore[no-untyped-def]
         "remove old, surplus, damaged or leftover entries",
         "Remove entries not used for a while, the least recently used ones over a size, damaged "
         "ones, and leftovers of interrupted downloads. Prints the plan and asks first.",
+        PRUNE_EPILOG,
     )
-    p.add_argument("--older-than", metavar="AGE", help="entries not used for AGE (30d, 12h, 90m)")
+    p.add_argument("--older-than", metavar="AGE", help="entries not used for AGE (30d, 12h, 90m; a unit is required)")
     p.add_argument("--max-size", metavar="SIZE", help="remove least recently used entries until the cache fits SIZE (20G)")
     p.add_argument("--damaged", action="store_true", help="damaged entries")
     p.add_argument("--temp", action="store_true", help="leftovers of downloads whose process is gone")
@@ -80,11 +191,10 @@ def add_commands(command) -> None:  # type: ignore[no-untyped-def]
         "check entries against what was recorded when they were fetched",
         "Check every file of the entries (all, or the handles') against its recorded size and "
         "CRC-32. Exits 1 if any is damaged.",
+        VERIFY_EPILOG,
     )
     p.add_argument("handles", nargs="*", metavar="HANDLE")
     p.add_argument("--repair", action="store_true", help="download damaged entries again")
-
-    command("env", _env, "show every setting, its value and where it came from", "Show the settings, for bug reports.")
 
 
 def _plan_options(p: argparse.ArgumentParser) -> None:
@@ -92,14 +202,29 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="only print what would be removed")
 
 
+def entry_json(entry: Entry) -> Dict[str, Any]:
+    """An entry's JSON record: exactly :data:`ENTRY_FIELDS`, as documented."""
+    data = entry.to_json()
+    return {name: data.get(name) for name in ENTRY_FIELDS}
+
+
 def _ls(args: argparse.Namespace, settings: Settings) -> int:
-    entries = [e for cache, ro in layers(settings) for e in scan(cache, ro)]
+    if args.limit is not None and args.limit < 0:
+        raise UsageError("ls: --limit takes a number of at least 0")
+    every = [e for cache, ro in layers(settings) for e in scan(cache, ro)]
+    entries = [e for e in every if _matches(e, args.filter, args.state)]
     entries.sort(key=SORT_KEYS[args.sort])
+    if args.limit is not None:
+        entries = entries[: args.limit]
     if args.json:
-        emit_json({"cache_dir": settings.cache_dir, "entries": [e.to_json() for e in entries]})
+        emit_json({"cache_dir": settings.cache_dir, "entries": [entry_json(e) for e in entries]})
+        return EXIT_OK
+    if args.quiet:  # handles only, for scripts
+        for handle in dict.fromkeys(e.handle for e in entries if e.handle):
+            say(handle)
         return EXIT_OK
     if not entries:
-        print(f"{settings.cache_dir}: empty")
+        say(f"{settings.cache_dir}: empty" if not every else f"no entry of the {len(every)} in the cache matches")
         return EXIT_OK
     layered = bool(settings.readonly_dirs)
     rows = []
@@ -108,35 +233,49 @@ def _ls(args: argparse.Namespace, settings: Settings) -> int:
         row = [_name(e), format_size(e.size), str(e.files), when(e.fetched_at), when(e.last_used), state]
         rows.append(row + ([os.path.dirname(e.path)] if layered else []))
     headers = ["HANDLE", "SIZE", "FILES", "FETCHED", "LAST USED", "STATE"] + (["CACHE"] if layered else [])
-    print(table(headers, rows, right=(1, 2)))
+    say(table(headers, rows, right=(1, 2)))
     counts = {s: sum(e.state == s for e in entries) for s in sorted({e.state for e in entries})}
     detail = ", ".join(f"{n} {s}" for s, n in counts.items())
-    print(f"{len(entries)} entries ({detail}), {format_size(sum(e.size for e in entries))} on disk")
+    count = count_entries(len(entries)) if len(entries) == len(every) else f"{len(entries)} of {count_entries(len(every))}"
+    say(f"{count} ({detail}), {format_size(sum(e.size for e in entries))} on disk")
     return EXIT_OK
 
 
+def _matches(entry: Entry, text: Optional[str], states: Optional[List[str]]) -> bool:
+    if states and entry.state not in states:
+        return False
+    if text:
+        needle = text.lower()
+        return needle in (entry.handle or "").lower() or needle in entry.key
+    return True
+
+
 def _info(args: argparse.Namespace, settings: Settings) -> int:
+    entry_handles("info", [args.handle])
     entry = _locate(args.handle, settings)
     if entry is None:
-        error(f"{args.handle} is not in the cache at {settings.cache_dir}: `hubcache prefetch` it first")
+        error(f"{redact(args.handle)} is not in the cache at {settings.cache_dir}: `hubcache prefetch` it first")
         return EXIT_FAILED
-    data = entry.to_json()
+    data = entry_json(entry)
     if args.signatures:
-        data["signatures"] = _signatures(entry.path)
+        try:
+            data["signatures"] = _signatures(entry.path)
+        except Exception as e:  # TensorFlow's errors are many and long: the first line says it
+            first = (str(e).strip().splitlines() or [""])[0]
+            error(f"{_name(entry)}: TensorFlow cannot load {entry.path}: {type(e).__name__}: {first}")
+            return EXIT_FAILED
     if args.json:
         emit_json(data)
     else:
         labels = [("handle", "handle"), ("directory", "path"), ("state", "state"), ("problem", "problem"),
                   ("source", "source_url"), ("sha256", "sha256"), ("files", "files"),
                   ("fetched", "fetched_at"), ("last used", "last_used")]
-        for label, key in labels:
-            if data.get(key) is not None:
-                print(f"{label + ':':11}{data[key]}")
-        print(f"{'size:':11}{format_size(entry.size)} on disk")
+        lines = [f"{label + ':':11}{data[key]}" for label, key in labels if data.get(key) is not None]
+        lines.append(f"{'size:':11}{format_size(entry.size)} on disk")
         if entry.readonly:
-            print(f"{'layer:':11}read-only ({os.path.dirname(entry.path)})")
-        for name, spec in (data.get("signatures") or {}).items():
-            print(f"{'signature:':11}{name}{spec}")
+            lines.append(f"{'layer:':11}read-only ({os.path.dirname(entry.path)})")
+        lines += [f"{'signature:':11}{name}{spec}" for name, spec in (data.get("signatures") or {}).items()]
+        say("\n".join(lines))
     return EXIT_OK if entry.usable else EXIT_FAILED
 
 
@@ -159,30 +298,35 @@ def _locate(handle: str, settings: Settings) -> Optional[Entry]:
 
 
 def _rm(args: argparse.Namespace, settings: Settings) -> int:
+    entry_handles("rm", args.handles)  # all of them before removing any
     cache = Cache(settings.cache_dir)
     plan, missing = [], []
-    for handle in args.handles:
+    for handle in dict.fromkeys(args.handles):
         entry = find(cache, handle)
         if entry is None:
             missing.append(handle)
         else:
             plan.append(Removal(entry, "asked for"))
     for handle in missing:
-        error(f"{handle} is not in the cache at {settings.cache_dir}")
+        error(f"{redact(handle)} is not in the cache at {settings.cache_dir}")
     status = _carry_out(plan, cache, args)
     return EXIT_FAILED if missing and status == EXIT_OK else status
 
 
 def _prune(args: argparse.Namespace, settings: Settings) -> int:
     if not (args.older_than or args.max_size or args.damaged or args.temp):
-        error("prune: say what to remove: --older-than, --max-size, --damaged and/or --temp")
-        return EXIT_USAGE
-    try:
-        older = parse_duration(args.older_than) if args.older_than else None
-        max_size = parse_size(args.max_size, "--max-size") if args.max_size else None
-    except (ValueError, ConfigError) as e:
-        error(f"prune: {e}")
-        return EXIT_USAGE
+        raise UsageError("prune: say what to remove: --older-than AGE, --max-size SIZE, --damaged and/or --temp")
+    older = max_size = None
+    if args.older_than is not None:
+        try:
+            older = parse_duration(args.older_than)
+        except ValueError as e:
+            raise UsageError(f"prune: --older-than: {e}") from None
+    if args.max_size is not None:
+        try:
+            max_size = parse_size(args.max_size, "--max-size")
+        except ConfigError as e:
+            raise UsageError(f"prune: {e}") from None
     cache = Cache(settings.cache_dir)
     plan = plan_prune(scan(cache), cache, older_than=older, max_size=max_size, damaged=args.damaged, temp=args.temp)
     return _carry_out(plan, cache, args)
@@ -191,28 +335,30 @@ def _prune(args: argparse.Namespace, settings: Settings) -> int:
 def _carry_out(plan: List[Removal], cache: Cache, args: argparse.Namespace) -> int:
     """Print the plan, confirm, remove; report what was removed or skipped."""
     freed = sum(r.entry.size for r in plan)
-    if not args.json:
+    if args.json and not (args.dry_run or args.yes) and plan:
+        raise UsageError("--json removes nothing without -y (or use --dry-run)")
+    # -q: the plan is shown only where it is the answer (--dry-run) or a question follows.
+    show = not args.json and (not args.quiet or args.dry_run or not args.yes)
+    if show:
         if not plan:
-            print("nothing to remove")
-            return EXIT_OK
-        rows = [(_name(r.entry), format_size(r.entry.size), r.reason) for r in plan]
-        print(table(("HANDLE", "SIZE", "WHY"), rows, right=(1,)))
-        print(f"{len(plan)} to remove, {format_size(freed)}")
+            say("nothing to remove")
+        else:
+            rows = [(_name(r.entry), format_size(r.entry.size), r.reason) for r in plan]
+            say(table(("HANDLE", "SIZE", "WHY"), rows, right=(1,)))
+            say(f"{len(plan)} to remove, {format_size(freed)}")
     if args.dry_run:
         if args.json:
             emit_json({"dry_run": True, "plan": [_removal_json(r) for r in plan]})
         return EXIT_OK
     if plan and not args.json:
-        go = confirm(f"Remove {len(plan)} entries ({format_size(freed)})?", yes=args.yes)
+        go = confirm(f"Remove {count_entries(len(plan))} ({format_size(freed)})?", yes=args.yes)
         if go is None:
             return EXIT_USAGE
         if not go:
-            print("nothing removed")
+            say("nothing removed")
             return EXIT_OK
-    elif plan and not args.yes:
-        error("--json removes nothing without -y (or use --dry-run)")
-        return EXIT_USAGE
-    removed, skipped = [], []
+    removed: List[Removal] = []
+    skipped: List[Removal] = []
     for r in plan:
         (removed if _remove(r.entry, cache) else skipped).append(r)
     for r in skipped:
@@ -220,17 +366,14 @@ def _carry_out(plan: List[Removal], cache: Cache, args: argparse.Namespace) -> i
     if args.json:
         emit_json({"removed": [_removal_json(r) for r in removed], "skipped": [_removal_json(r) for r in skipped],
                    "freed": sum(r.entry.size for r in removed)})
-    else:
-        print(f"removed {len(removed)}, freed {format_size(sum(r.entry.size for r in removed))}")
+    elif plan and not args.quiet:
+        say(f"removed {len(removed)}, freed {format_size(sum(r.entry.size for r in removed))}")
     return EXIT_FAILED if skipped else EXIT_OK
 
 
 def _remove(entry: Entry, cache: Cache) -> bool:
-    if entry.state == INCOMPLETE:
-        if not removable_leftover(cache, entry):
-            return False
-        shutil.rmtree(entry.path, ignore_errors=True)
-        return True
+    if entry.state == INCOMPLETE:  # a leftover directory or file: only if its process is gone
+        return remove_leftover(cache, entry)
     return cache.remove(entry.key, entry.handle or entry.key)
 
 
@@ -240,11 +383,12 @@ def _removal_json(r: Removal) -> Dict[str, Any]:
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
     if args.handles:
+        entry_handles("verify", args.handles)
         targets = []
-        for handle in args.handles:
+        for handle in dict.fromkeys(args.handles):
             entry = _locate(handle, settings)
             if entry is None:
-                error(f"{handle} is not in the cache at {settings.cache_dir}")
+                error(f"{redact(handle)} is not in the cache at {settings.cache_dir}")
                 return EXIT_FAILED
             targets.append(entry)
     else:
@@ -258,12 +402,12 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
             outcome = _repair(entry, cache, settings)
         results.append({"handle": entry.handle, "path": entry.path, "result": outcome, "problem": problem})
         if not args.json:
-            print(f"{_name(entry)}: {outcome}" + (f" ({problem})" if problem else ""))
+            say(f"{_name(entry)}: {outcome}" + (f" ({problem})" if problem else ""))
     if args.json:
         emit_json(results)
     bad = sum(r["result"] not in ("ok", "repaired") for r in results)
-    if bad and not args.json:
-        error(f"{bad} of {len(results)} entries are damaged" + ("" if args.repair else ": --repair downloads them again"))
+    if bad:
+        error(f"{bad} of {count_entries(len(results))} damaged" + ("" if args.repair else ": --repair downloads them again"))
     return EXIT_FAILED if bad else EXIT_OK
 
 
@@ -272,6 +416,8 @@ def _repair(entry: Entry, cache: Cache, settings: Settings) -> str:
         return "damaged (read-only cache: not repaired)"
     if not entry.handle:
         return "damaged (handle unknown: not repaired)"
+    if REDACTED in entry.handle:  # the stored handle lost its secret: it cannot be fetched again
+        return "damaged (handle recorded without its credentials: not repaired; prefetch it again)"
     if not cache.remove(entry.key, entry.handle):
         return "damaged (in use: not repaired)"
     try:
@@ -279,18 +425,6 @@ def _repair(entry: Entry, cache: Cache, settings: Settings) -> str:
     except HubcacheError as e:
         return f"damaged (repair failed: {e})"
     return "repaired"
-
-
-def _env(args: argparse.Namespace, settings: Settings) -> int:
-    rows = settings_report(settings, cache_dir_argument=bool(args.cache_dir))
-    versions = [("hubcache", __version__), ("python", platform.python_version()), ("platform", platform.platform())]
-    if args.json:
-        emit_json({"versions": dict(versions), "settings": [{"setting": n, "value": v, "source": s} for n, v, s in rows]})
-        return EXIT_OK
-    for name, value in versions:
-        print(f"{name}: {value}")
-    print(table(("SETTING", "VALUE", "FROM"), rows))
-    return EXIT_OK
 
 
 def _name(entry: Entry) -> str:
