@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import time
-TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing (2 ms) on the warm path
 
 from . import handles as _handles
 from . import layout
 from .errors import HubcacheError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing (2 ms) on the warm path
 
 if TYPE_CHECKING:
     from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
@@ -269,8 +270,7 @@ def _local(path: str, raw: str) -> str:
 
     if not os.path.exists(path):
         raise ModelNotFoundError(
-            f"handle {raw!r} is a local path, and {path} does not exist: check the "
-            f"path.{_handles.suggest_remote(raw)}",
+            f"handle {raw!r} is a local path, and {path} does not exist: check the path.{_handles.suggest_remote(raw)}",
             handle=raw,
         )
     return path

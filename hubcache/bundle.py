@@ -11,6 +11,7 @@ truncated or altered bundle publishes nothing broken.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -23,11 +24,11 @@ from . import handles, layout
 from ._version import __version__
 from .archive import Limits, extract
 from .cache import Cache, atomic_path, owner_suffix, utc_iso
-from .fs import read_blocks, remove_tree, walk
-from .layout import IMPORT_PREFIX
 from .errors import ArchiveError, HandleError, HubcacheError, IntegrityError
-from .inventory import Entry
+from .fs import read_blocks, remove_tree, walk
 from .handles import saved_model_required
+from .inventory import Entry
+from .layout import IMPORT_PREFIX
 
 MANIFEST = "hubcache-bundle.json"
 BUNDLE_FORMAT = 1
@@ -91,11 +92,13 @@ def import_bundle(cache: Cache, bundle: str, *, lock_timeout: float, limits: Lim
         checked = [(item, _check_item(staging, item, bundle)) for item in manifest["entries"]]
         for item, metadata in checked:  # every entry checked before any is published
             handle, key = item["handle"], item["key"]
-            before = cache.lookup(key, require_saved_model=saved_model_required(handle), sha256=metadata.get("sha256")).valid
+            before = cache.lookup(
+                key, require_saved_model=saved_model_required(handle), sha256=metadata.get("sha256")
+            ).valid
             cache.fetch(
                 key,
                 handle,
-                lambda tmp, key=key, metadata=metadata: _move_in(os.path.join(staging, key), tmp, metadata),
+                functools.partial(_move_in, os.path.join(staging, key), metadata=metadata),
                 require_saved_model=saved_model_required(handle),
                 lock_timeout=lock_timeout,
                 sha256=metadata.get("sha256"),
@@ -134,7 +137,9 @@ def _valid_item(item: Dict[str, Any]) -> bool:
     return (
         isinstance(files, dict)
         and all(
-            isinstance(rel, str) and isinstance(f, dict) and isinstance(f.get("size"), int)
+            isinstance(rel, str)
+            and isinstance(f, dict)
+            and isinstance(f.get("size"), int)
             and isinstance(f.get("sha256"), str)
             for rel, f in files.items()
         )

@@ -17,7 +17,7 @@ import os
 import secrets
 import socket
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Callable, Dict, Iterator, Optional
 
 from . import layout
@@ -114,10 +114,10 @@ class Cache:
         except OSError:
             yield
             return
-        try:
-            os.fchmod(fd, 0o666)  # as filelock does: the umask must not lock other users out
-        except OSError:
-            pass  # another user's lock file: already shared
+        # As filelock does: the umask must not lock other users out. It fails
+        # for another user's lock file, which is shared already.
+        with suppress(OSError):
+            os.fchmod(fd, 0o666)
         try:
             import fcntl
 
@@ -272,9 +272,7 @@ class _EntryLock:
     """The per-entry file lock. The OS drops it if its holder dies, so a waiter
     goes on as soon as a crashed download's process is gone."""
 
-    def __init__(
-        self, path: str, handle: str, timeout: float, cancellation: Optional[Cancellation] = None
-    ) -> None:
+    def __init__(self, path: str, handle: str, timeout: float, cancellation: Optional[Cancellation] = None) -> None:
         from filelock import FileLock  # imported here: only writers need it
 
         # 0o666: in a cache shared by several users, any of them may take the lock.
@@ -367,10 +365,8 @@ def atomic_path(path: str) -> Iterator[str]:
         yield tmp
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 
@@ -383,8 +379,10 @@ def write_atomic(path: str, text: str) -> None:
 def utc_iso(timestamp: Optional[float] = None) -> str:
     """``timestamp`` (default: now) as the ISO 8601 UTC text the metadata and
     bundles record, to the second."""
-    when = datetime.datetime.now(datetime.timezone.utc) if timestamp is None else (
-        datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
+    when = (
+        datetime.datetime.now(datetime.timezone.utc)
+        if timestamp is None
+        else (datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc))
     )
     return when.isoformat(timespec="seconds")
 

@@ -11,9 +11,11 @@ too, for a worker that cannot unwind in time.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import threading
+
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
@@ -108,8 +110,6 @@ def shutdown(response: "Any") -> None:
     candidates.append(getattr(getattr(fp, "raw", None), "_sock", None))
     for sock in candidates:
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             return

@@ -87,7 +87,6 @@ class Settings:
     #: stops this call's downloads from another thread (Ctrl-C in a parallel prefetch).
     cancellation: Optional[Any] = field(default=None, compare=False, repr=False)
 
-
     def show_progress(self) -> bool:
         """Whether to draw progress bars: as configured, else on a terminal."""
         if self.progress is not None:
@@ -134,9 +133,7 @@ def load_settings(
         tfhub_endpoint=_endpoint(env, "HUBCACHE_TFHUB_ENDPOINT", DEFAULT_TFHUB_ENDPOINT),
         kaggle_endpoint=_endpoint(env, "HUBCACHE_KAGGLE_ENDPOINT", DEFAULT_KAGGLE_ENDPOINT),
         gcs_endpoint=_endpoint(env, "HUBCACHE_GCS_ENDPOINT", DEFAULT_GCS_ENDPOINT),
-        cn_mirror_endpoint=_endpoint(
-            env, "HUBCACHE_CN_MIRROR_ENDPOINT", DEFAULT_CN_MIRROR_ENDPOINT
-        ),
+        cn_mirror_endpoint=_endpoint(env, "HUBCACHE_CN_MIRROR_ENDPOINT", DEFAULT_CN_MIRROR_ENDPOINT),
         progress=_progress(progress, env),
         timeout=_positive_float(env, "HUBCACHE_TIMEOUT", DEFAULT_TIMEOUT),
         lock_timeout=_positive_float(env, "HUBCACHE_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT),
@@ -176,9 +173,6 @@ SETTING_VARIABLES = (
 
 def _cache_dir(override: Optional[str], env: Mapping[str, str]) -> str:
     return cache_root(configured_root(override, env) or None)
-
-
-
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -222,10 +216,7 @@ def _endpoint(env: Mapping[str, str], name: str, default: str) -> str:
         return default
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
-        raise ConfigError(
-            f"{name}={raw!r} is not an endpoint: give an http(s) URL without a query, "
-            f"like {default}."
-        )
+        raise ConfigError(f"{name}={raw!r} is not an endpoint: give an http(s) URL without a query, like {default}.")
     return raw.rstrip("/")
 
 

@@ -46,7 +46,7 @@ _READ_ERRORS = (
 )
 
 
-class _ReadFailed(Exception):
+class _ReadError(Exception):
     """Reading the body failed; ``args[0]`` says how."""
 
 
@@ -118,7 +118,7 @@ class Body:
                         if self.size is None or self.bytes_read >= self.size:
                             break
                         problem = "the connection was closed early"
-                    except _ReadFailed as e:
+                    except _ReadError as e:
                         problem = str(e)
                 data = b""
                 self._resume(problem)
@@ -144,7 +144,7 @@ class Body:
                 else:
                     data = raw.read(CHUNK_SIZE, decode_content=False)
             except _READ_ERRORS as e:
-                raise _ReadFailed(reason(e, self._transport.settings)) from None
+                raise _ReadError(reason(e, self._transport.settings)) from None
             self._received += len(data)
             if not self._skip or not data:
                 return data
@@ -262,7 +262,7 @@ def _open_body(transport: Transport, url: str, fallback_left: bool) -> Optional[
             raise http_error(response.status_code, final_url, transport)
         try:
             return Body(transport, response, url, final_url)
-        except _ReadFailed as e:  # nothing received yet: simply ask again
+        except _ReadError as e:  # nothing received yet: simply ask again
             transport.close_response(response)
             transport.failed(f"{redact(final_url)} sent no data ({e})", None, final_url)
 
@@ -355,7 +355,7 @@ class _StorageChecksum:
             except ImportError:
                 pass
             else:
-                return cls("CRC32C", found["crc32c"], google_crc32c.Checksum())
+                return cls("CRC32C", found["crc32c"], google_crc32c.Checksum())  # type: ignore[no-untyped-call]
         if "md5" in found and len(found["md5"]) == 16:  # junk is ignored, as for CRC32C
             return cls("MD5", found["md5"], hashlib.md5())
         return None

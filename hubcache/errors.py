@@ -72,9 +72,7 @@ class ArchiveError(HubcacheError, ValueError):
     Nothing is published when this is raised.
     """
 
-    def __init__(
-        self, message: str, *, handle: Optional[str] = None, member: Optional[str] = None
-    ) -> None:
+    def __init__(self, message: str, *, handle: Optional[str] = None, member: Optional[str] = None) -> None:
         super().__init__(message, handle=handle)
         self.member = member
 
@@ -88,7 +86,7 @@ class CacheError(HubcacheError, OSError):
     """The cache directory could not be written (full disk, permissions, ...)."""
 
 
-class CacheLockTimeout(HubcacheError, TimeoutError):
+class CacheLockTimeout(HubcacheError, TimeoutError):  # noqa: N818 - public name, kept
     """Another process held the entry's lock for longer than ``HUBCACHE_LOCK_TIMEOUT``."""
 
 
@@ -96,7 +94,7 @@ class OfflineError(HubcacheError, ConnectionError):
     """Offline mode is on and the handle is not (validly) in the cache."""
 
 
-class TensorFlowNotInstalled(HubcacheError, ImportError):
+class TensorFlowNotInstalled(HubcacheError, ImportError):  # noqa: N818 - public name, kept
     """:func:`hubcache.load` needs TensorFlow; install ``hubcache[tf]``."""
 
 

@@ -8,9 +8,10 @@ it, so both tools share cache entries (a trailing slash is another entry).
 from __future__ import annotations
 
 import os
-TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing (2 ms) on the warm path
 
 from .errors import HandleError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing (2 ms) on the warm path
 
 try:  # the interpreter's built-in SHA-1: importing hashlib loads OpenSSL (~4 ms)
     from _sha1 import sha1 as _sha1
@@ -45,7 +46,8 @@ _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0
 
 def cache_key(raw: str) -> str:
     """SHA-1 hex of ``raw``: the directory tensorflow_hub (and hubcache) cache it in."""
-    return _sha1(raw.encode("utf8")).hexdigest()
+    digest: str = _sha1(raw.encode("utf8")).hexdigest()
+    return digest
 
 
 class Handle:
@@ -83,7 +85,19 @@ class Handle:
 
 #: Query or fragment parameters whose names contain one of these may carry a
 #: secret (X-Amz-Signature, X-Goog-Credential, sig, token, api_key, Policy, ...).
-_SECRET_PARAM_WORDS = ("sig", "token", "key", "secret", "pass", "pwd", "credential", "auth", "session", "policy", "code")
+_SECRET_PARAM_WORDS = (
+    "sig",
+    "token",
+    "key",
+    "secret",
+    "pass",
+    "pwd",
+    "credential",
+    "auth",
+    "session",
+    "policy",
+    "code",
+)
 REDACTED = "***"
 
 
@@ -275,8 +289,7 @@ def _parse_http(raw: str) -> Handle:
     if host == TFHUB_CN_HOST:
         if not segments:
             raise HandleError(
-                f"handle {redact(raw)!r} names no model: use "
-                f"https://{TFHUB_CN_HOST}/<publisher>/<model>/<version>.",
+                f"handle {redact(raw)!r} names no model: use https://{TFHUB_CN_HOST}/<publisher>/<model>/<version>.",
                 handle=redact(raw),
             )
         return Handle(raw, TFHUB_CN, path, query)

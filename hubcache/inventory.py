@@ -16,11 +16,11 @@ from typing import Any, Dict, List, Optional
 
 from . import handles
 from .cache import Cache, stale_leftover, utc_iso
-from .layout import DESCRIPTOR_SUFFIX, IMPORT_PREFIX, KEY_LENGTH, METADATA_SUFFIX, TMP_INFIX, TRASH_INFIX
 from .config import Settings
-from .fs import read_blocks, remove_tree, walk
 from .errors import HandleError
+from .fs import read_blocks, remove_tree, walk
 from .handles import saved_model_required
+from .layout import DESCRIPTOR_SUFFIX, IMPORT_PREFIX, KEY_LENGTH, METADATA_SUFFIX, TMP_INFIX, TRASH_INFIX
 
 OK, FOREIGN, DAMAGED, INCOMPLETE = "ok", "foreign", "damaged", "incomplete"
 
@@ -80,8 +80,10 @@ def scan(cache: Cache, readonly: bool = False) -> List[Entry]:
             found.append(describe(cache, key, readonly))
     for name in names:
         # Temporary files of an atomic write count too (CACHEDIR.TAG's has no key).
-        if name.startswith(IMPORT_PREFIX) or TMP_INFIX in name or (
-            _KEY.match(name) and (TRASH_INFIX in name or _TFHUB_TMP.match(name))
+        if (
+            name.startswith(IMPORT_PREFIX)
+            or TMP_INFIX in name
+            or (_KEY.match(name) and (TRASH_INFIX in name or _TFHUB_TMP.match(name)))
         ):
             found.append(_leftover(cache, name, readonly))
     return sorted(found, key=lambda e: (e.handle or "", e.state))
@@ -312,6 +314,3 @@ def _parse_time(text: Optional[str]) -> Optional[float]:
         return datetime.datetime.fromisoformat(text).timestamp()
     except ValueError:
         return None
-
-
-

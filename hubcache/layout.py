@@ -22,8 +22,10 @@ Names under the root, for an entry whose key is ``K`` (SHA-1 of the handle):
 
 from __future__ import annotations
 
+import contextlib  # loaded at interpreter start-up already: free here
 import os
 import time
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing (2 ms) on the warm path
 
 if TYPE_CHECKING:  # annotations only: importing typing costs the warm path
@@ -163,10 +165,8 @@ def record_use(directory: str) -> None:
             return
         os.utime(path)
     except FileNotFoundError:
-        try:
+        with contextlib.suppress(OSError):  # a read-only cache: uses are not recorded
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666))
-        except OSError:
-            pass  # a read-only cache: uses are not recorded
     except OSError:
         pass
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable, Optional, Union
 
-from .layout import SAVED_MODEL_FILES
 from .errors import ModelNotFoundError, TensorFlowNotInstalled
+from .layout import SAVED_MODEL_FILES
 
 
 def load_saved_model(
@@ -27,9 +27,7 @@ def load_saved_model(
             "directory without it.",
             handle=handle,
         ) from None
-    if "://" not in path and not any(
-        os.path.isfile(os.path.join(path, name)) for name in SAVED_MODEL_FILES
-    ):
+    if "://" not in path and not any(os.path.isfile(os.path.join(path, name)) for name in SAVED_MODEL_FILES):
         what = "a file" if os.path.isfile(path) else "a directory without saved_model.pb"
         raise ModelNotFoundError(
             f"{handle} resolved to {path}, which is {what}, not a SavedModel. Point the handle "

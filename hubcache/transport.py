@@ -17,6 +17,7 @@ without query values, which may be signatures.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import random
@@ -135,10 +136,8 @@ _SLOW_HEAD = "no complete response head within {:g} s"
 
 
 def _shut(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def _deadlined(cls: type) -> type:
@@ -149,15 +148,20 @@ def _deadlined(cls: type) -> type:
     When the deadline passes the socket is shut down, which fails the request
     like a dropped connection (retried, counted)."""
 
-    class Deadlined(cls):  # type: ignore[valid-type,misc]
+    class Deadlined(cls):  # type: ignore[misc]
         def getresponse(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            sock = getattr(self, "sock", None)
+            sock: Optional[socket.socket] = getattr(self, "sock", None)
             read_timeout = sock.gettimeout() if sock is not None else None
-            if not read_timeout:
+            if sock is None or not read_timeout:
                 return super().getresponse(*args, **kwargs)
             limit = 2 * read_timeout
             fired = threading.Event()
-            timer = threading.Timer(limit, lambda: (fired.set(), _shut(sock)))
+
+            def expire() -> None:
+                fired.set()
+                _shut(sock)
+
+            timer = threading.Timer(limit, expire)
             timer.daemon = True
             timer.start()
             try:
@@ -197,7 +201,7 @@ class _Adapter(HTTPAdapter):
         return manager
 
 
-class _HopFailed(Exception):
+class _HopError(Exception):
     """A request of a redirect chain failed in a way worth retrying."""
 
     def __init__(self, url: str, error: Exception) -> None:
@@ -250,7 +254,7 @@ class Transport:
             self.check_cancelled()
             try:
                 response, final_url = self._follow(url, headers or {})
-            except _HopFailed as e:  # named by the hop that failed, not where the chain began
+            except _HopError as e:  # named by the hop that failed, not where the chain began
                 self.failed(f"{redact(e.url)} did not answer ({reason(e.error, self.settings)})", None, e.url)
                 continue
             status = response.status_code
@@ -294,21 +298,20 @@ class Transport:
             try:
                 response = self._send(url, headers)
             except requests.RequestException as e:
-                raise _HopFailed(url, e) from None
+                raise _HopError(url, e) from None
             if not response.is_redirect:
                 return response, url
             location = response.headers["Location"]
-            try:  # as requests does: the header arrives as Latin-1, URLs are UTF-8
+            with contextlib.suppress(UnicodeError):  # as requests does: Latin-1 header, UTF-8 URL
                 location = location.encode("latin1").decode("utf8")
-            except UnicodeError:
-                pass
             self.close_response(response)
             try:
                 target = urljoin(url, location)
             except ValueError:
                 raise self._unusable(redact_text(location[:200]), "it does not parse as a URL") from None
-            log.debug("%s: HTTP %d from %s, redirected to %s", self.handle, response.status_code,
-                      redact(url), redact(target))
+            log.debug(
+                "%s: HTTP %d from %s, redirected to %s", self.handle, response.status_code, redact(url), redact(target)
+            )
             url = target
         raise DownloadError(
             f"could not download {self.handle}: more than {MAX_REDIRECTS} redirects (last to "
@@ -329,7 +332,9 @@ class Transport:
             carries = self.credentials is not None and may_carry_credentials(prepared.url, self.allowed)
             if self.credentials is not None and carries:
                 prepared.headers["Authorization"] = self.credentials.authorization
-            log.debug("%s: GET %s%s", self.handle, redact(prepared.url), " (with Kaggle credentials)" if carries else "")
+            log.debug(
+                "%s: GET %s%s", self.handle, redact(prepared.url), " (with Kaggle credentials)" if carries else ""
+            )
             options = self.session.merge_environment_settings(prepared.url, {}, True, None, None)
             response = self.session.send(
                 prepared,
@@ -364,8 +369,7 @@ def http_error(status: int, url: str, transport: Transport, extra: str = "") -> 
     where = redact(url)
     if status in (401, 403) and transport.allowed and origin_of(url) in transport.allowed:
         sent = (
-            f"The credentials from {credentials.source} were sent and refused, or the licence "
-            "is not accepted yet."
+            f"The credentials from {credentials.source} were sent and refused, or the licence is not accepted yet."
             if credentials
             else "No Kaggle credentials are configured."
         )
@@ -380,15 +384,9 @@ def http_error(status: int, url: str, transport: Transport, extra: str = "") -> 
             "expired, or the object is not public. Try again, or check the URL's permissions."
         )
     elif status in (404, 410):
-        advice = (
-            f"{handle} was not found (HTTP {status} from {where}): check the handle's "
-            "spelling and version."
-        )
+        advice = f"{handle} was not found (HTTP {status} from {where}): check the handle's spelling and version."
     elif status in RETRY_STATUSES or status >= 500:
-        advice = (
-            f"the server could not serve {handle} right now (HTTP {status} from {where}): "
-            "try again later."
-        )
+        advice = f"the server could not serve {handle} right now (HTTP {status} from {where}): try again later."
     else:
         advice = f"unexpected HTTP {status} from {where} while downloading {handle}."
     return DownloadError(advice + extra, handle=handle, url=where, status=status)

@@ -9,6 +9,7 @@ Every failure is one ``hubcache: <message>`` line; tracebacks only with -v.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -43,13 +44,28 @@ Settings come from environment variables: `hubcache env` lists them.
 
 #: The options every command takes, before or after the command's name.
 _GLOBAL_OPTIONS: Tuple[Tuple[str, Tuple[str, ...], Dict[str, Any]], ...] = (
-    ("cache_dir", ("--cache-dir",), {
-        "metavar": "DIR",
-        "help": "cache root (default: $TFHUB_CACHE_DIR, else $HUBCACHE_CACHE_DIR, else the user cache dir)"}),
+    (
+        "cache_dir",
+        ("--cache-dir",),
+        {
+            "metavar": "DIR",
+            "help": "cache root (default: $TFHUB_CACHE_DIR, else $HUBCACHE_CACHE_DIR, else the user cache dir)",
+        },
+    ),
     ("json", ("--json",), {"action": "store_true", "help": "print results as JSON (fields: each command's --help)"}),
-    ("quiet", ("-q", "--quiet"), {
-        "action": "store_true", "help": "no progress bars, tables or notes: only warnings, errors and the data on stdout"}),
-    ("verbose", ("-v", "--verbose"), {"action": "store_true", "help": "log debugging detail, and tracebacks of errors"}),
+    (
+        "quiet",
+        ("-q", "--quiet"),
+        {
+            "action": "store_true",
+            "help": "no progress bars, tables or notes: only warnings, errors and the data on stdout",
+        },
+    ),
+    (
+        "verbose",
+        ("-v", "--verbose"),
+        {"action": "store_true", "help": "log debugging detail, and tracebacks of errors"},
+    ),
 )
 
 
@@ -121,11 +137,22 @@ def _parser() -> argparse.ArgumentParser:
         common.add_argument(*flags, dest=name, default=argparse.SUPPRESS, **options)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
 
-    def command(name: str, run, help: str, description: str, epilog: str,  # type: ignore[no-untyped-def]
-                needs_settings: bool = True) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, parents=[common], help=help, description=textwrap.fill(description, 79),
-                                  epilog=epilog,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    def command(
+        name: str,
+        run: Any,
+        help: str,
+        description: str,
+        epilog: str,
+        needs_settings: bool = True,
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            parents=[common],
+            help=help,
+            description=textwrap.fill(description, 79),
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sub.set_defaults(run=run, needs_settings=needs_settings)
         return sub
 
@@ -184,7 +211,5 @@ def _silence_stdout() -> None:
 def _restore_sigint() -> None:
     """After Ctrl-C, a second one kills at once (no traceback from the
     interpreter's wait for worker threads at exit)."""
-    try:
+    with contextlib.suppress(ValueError, OSError):  # not the main thread
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-    except (ValueError, OSError):  # not the main thread
-        pass

@@ -65,7 +65,9 @@ def run(args: argparse.Namespace, settings: None = None) -> int:
     else:
         width = max(map(len, versions))
         lines = [f"{name:{width}}  {version or 'not installed'}" for name, version in versions.items()]
-        cells = [(r["variable"], r["source"], r["text"] if r["error"] is None else f"INVALID: {r['error']}") for r in rows]
+        cells = [
+            (r["variable"], r["source"], r["text"] if r["error"] is None else f"INVALID: {r['error']}") for r in rows
+        ]
         lines += ["", table(("VARIABLE", "FROM", "VALUE"), cells)]
         if kaggle["error"]:
             lines.append(f"Kaggle credentials: INVALID: {kaggle['error']}")
@@ -75,7 +77,9 @@ def run(args: argparse.Namespace, settings: None = None) -> int:
             lines.append(f"Kaggle credentials: none (looked in {_kaggle_places(os.environ)})")
         say("\n".join(lines))
     if bad:
-        error(f"{bad} invalid setting{'s' if bad > 1 else ''} (shown above): fix or unset {'them' if bad > 1 else 'it'}")
+        error(
+            f"{bad} invalid setting{'s' if bad > 1 else ''} (shown above): fix or unset {'them' if bad > 1 else 'it'}"
+        )
         return EXIT_FAILED
     return EXIT_OK
 
@@ -133,14 +137,21 @@ def _value(setting: str, environ: Dict[str, str]) -> Any:
     return getattr(load_settings(environ=environ), setting, None)
 
 
-def _row(variable: str, setting: str, source: str, value: Any, *, text: Optional[str] = None,
-         error: Optional[str] = None) -> Dict[str, Any]:
+def _row(
+    variable: str, setting: str, source: str, value: Any, *, text: Optional[str] = None, error: Optional[str] = None
+) -> Dict[str, Any]:
     if isinstance(value, str) and "://" in value:
         value = redact(value)  # an endpoint may carry user:password@
     if isinstance(value, tuple):
         value = list(value)
-    return {"variable": variable, "setting": setting, "source": source, "value": value,
-            "text": _text(setting, value) if text is None else text, "error": error}
+    return {
+        "variable": variable,
+        "setting": setting,
+        "source": source,
+        "value": value,
+        "text": _text(setting, value) if text is None else text,
+        "error": error,
+    }
 
 
 def _text(setting: str, value: Any) -> str:
@@ -179,7 +190,9 @@ def _versions() -> Dict[str, Optional[str]]:
     from importlib import metadata
 
     out: Dict[str, Optional[str]] = {
-        "hubcache": __version__, "python": platform.python_version(), "platform": platform.platform(),
+        "hubcache": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
     }
     for name in _PACKAGES:
         try:
@@ -187,4 +200,3 @@ def _versions() -> Dict[str, Optional[str]]:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
-

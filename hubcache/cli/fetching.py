@@ -197,7 +197,9 @@ def _prefetch(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("prefetch: --jobs takes a number of at least 1")
     if args.sha256:
         if len(pins) != 1:
-            raise UsageError("prefetch: --sha256 pins a single handle; for several, put sha256=HEX after each in a -f file")
+            raise UsageError(
+                "prefetch: --sha256 pins a single handle; for several, put sha256=HEX after each in a -f file"
+            )
         pins = {handle: args.sha256 for handle in pins}
     if args.require_hashes:
         unpinned = [redact(h) for h, sha in pins.items() if not sha]
@@ -261,8 +263,13 @@ def record(handle: str, outcome: Union[str, HubcacheError]) -> Dict[str, Any]:
     """The JSON record of one handle's outcome (fields listed in the epilogs).
     Output is often logged: the handle is shown with its secrets redacted."""
     if isinstance(outcome, HubcacheError):
-        return {"handle": redact(handle), "ok": False, "path": None, "error": str(outcome),
-                "error_type": type(outcome).__name__}
+        return {
+            "handle": redact(handle),
+            "ok": False,
+            "path": None,
+            "error": str(outcome),
+            "error_type": type(outcome).__name__,
+        }
     return {"handle": redact(handle), "ok": True, "path": outcome}
 
 

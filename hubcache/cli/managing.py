@@ -51,8 +51,20 @@ SORT_KEYS = {
 STATES = (OK, FOREIGN, DAMAGED, INCOMPLETE)
 
 #: The fields of an entry in ``ls --json`` and ``info --json``, exactly.
-ENTRY_FIELDS = ("handle", "key", "path", "state", "problem", "size", "files", "fetched_at", "last_used",
-                "source_url", "sha256", "readonly")
+ENTRY_FIELDS = (
+    "handle",
+    "key",
+    "path",
+    "state",
+    "problem",
+    "size",
+    "files",
+    "fetched_at",
+    "last_used",
+    "source_url",
+    "sha256",
+    "readonly",
+)
 _ENTRY_FIELDS_HELP = """\
   handle      the handle it was fetched under, secrets shown as *** (null if
               unknown)
@@ -180,7 +192,9 @@ def add_commands(command) -> None:  # type: ignore[no-untyped-def]
         PRUNE_EPILOG,
     )
     p.add_argument("--older-than", metavar="AGE", help="entries not used for AGE (30d, 12h, 90m; a unit is required)")
-    p.add_argument("--max-size", metavar="SIZE", help="remove least recently used entries until the cache fits SIZE (20G)")
+    p.add_argument(
+        "--max-size", metavar="SIZE", help="remove least recently used entries until the cache fits SIZE (20G)"
+    )
     p.add_argument("--damaged", action="store_true", help="damaged entries")
     p.add_argument("--temp", action="store_true", help="leftovers of downloads whose process is gone")
     _plan_options(p)
@@ -236,7 +250,9 @@ def _ls(args: argparse.Namespace, settings: Settings) -> int:
     say(table(headers, rows, right=(1, 2)))
     counts = {s: sum(e.state == s for e in entries) for s in sorted({e.state for e in entries})}
     detail = ", ".join(f"{n} {s}" for s, n in counts.items())
-    count = count_entries(len(entries)) if len(entries) == len(every) else f"{len(entries)} of {count_entries(len(every))}"
+    count = (
+        count_entries(len(entries)) if len(entries) == len(every) else f"{len(entries)} of {count_entries(len(every))}"
+    )
     say(f"{count} ({detail}), {format_size(sum(e.size for e in entries))} on disk")
     return EXIT_OK
 
@@ -267,9 +283,17 @@ def _info(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         emit_json(data)
     else:
-        labels = [("handle", "handle"), ("directory", "path"), ("state", "state"), ("problem", "problem"),
-                  ("source", "source_url"), ("sha256", "sha256"), ("files", "files"),
-                  ("fetched", "fetched_at"), ("last used", "last_used")]
+        labels = [
+            ("handle", "handle"),
+            ("directory", "path"),
+            ("state", "state"),
+            ("problem", "problem"),
+            ("source", "source_url"),
+            ("sha256", "sha256"),
+            ("files", "files"),
+            ("fetched", "fetched_at"),
+            ("last used", "last_used"),
+        ]
         lines = [f"{label + ':':11}{data[key]}" for label, key in labels if data.get(key) is not None]
         lines.append(f"{'size:':11}{format_size(entry.size)} on disk")
         if entry.readonly:
@@ -285,8 +309,10 @@ def _signatures(path: str) -> Dict[str, str]:
     except ImportError:
         return {"(TensorFlow is not installed)": ""}
     model = tf.saved_model.load(path)
-    return {name: str(fn.structured_input_signature) + " -> " + str(fn.structured_outputs)
-            for name, fn in model.signatures.items()}
+    return {
+        name: str(fn.structured_input_signature) + " -> " + str(fn.structured_outputs)
+        for name, fn in model.signatures.items()
+    }
 
 
 def _locate(handle: str, settings: Settings) -> Optional[Entry]:
@@ -364,8 +390,13 @@ def _carry_out(plan: List[Removal], cache: Cache, args: argparse.Namespace) -> i
     for r in skipped:
         error(f"{_name(r.entry)} is in use (being downloaded or loaded): left in place")
     if args.json:
-        emit_json({"removed": [_removal_json(r) for r in removed], "skipped": [_removal_json(r) for r in skipped],
-                   "freed": sum(r.entry.size for r in removed)})
+        emit_json(
+            {
+                "removed": [_removal_json(r) for r in removed],
+                "skipped": [_removal_json(r) for r in skipped],
+                "freed": sum(r.entry.size for r in removed),
+            }
+        )
     elif plan and not args.quiet:
         say(f"removed {len(removed)}, freed {format_size(sum(r.entry.size for r in removed))}")
     return EXIT_FAILED if skipped else EXIT_OK
@@ -378,7 +409,13 @@ def _remove(entry: Entry, cache: Cache) -> bool:
 
 
 def _removal_json(r: Removal) -> Dict[str, Any]:
-    return {"handle": r.entry.handle, "key": r.entry.key, "path": r.entry.path, "size": r.entry.size, "reason": r.reason}
+    return {
+        "handle": r.entry.handle,
+        "key": r.entry.key,
+        "path": r.entry.path,
+        "size": r.entry.size,
+        "reason": r.reason,
+    }
 
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -407,7 +444,10 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
         emit_json(results)
     bad = sum(r["result"] not in ("ok", "repaired") for r in results)
     if bad:
-        error(f"{bad} of {count_entries(len(results))} damaged" + ("" if args.repair else ": --repair downloads them again"))
+        error(
+            f"{bad} of {count_entries(len(results))} damaged"
+            + ("" if args.repair else ": --repair downloads them again")
+        )
     return EXIT_FAILED if bad else EXIT_OK
 
 

@@ -29,9 +29,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Seque
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
 
     def line(cells: Sequence[str]) -> str:
-        parts = [
-            str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        ]
+        parts = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
         return "  ".join(parts).rstrip()
 
     return "\n".join([line(headers)] + [line(r) for r in rows])

@@ -86,7 +86,14 @@ def total_bar(
     from tqdm import tqdm
 
     bar = tqdm(
-        total=known, desc=f"all {len(pins)} handles", unit="B", unit_scale=True, unit_divisor=1024,
-        file=sys.stderr, position=0, leave=False, mininterval=0.25,
+        total=known,
+        desc=f"all {len(pins)} handles",
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        position=0,
+        leave=False,
+        mininterval=0.25,
     )
     return TotalBar(bar, len(pending), known)
