@@ -379,7 +379,7 @@ def _download(how: ArchivePlan, handle: str, settings: Settings, dest: str) -> D
     try:
         with open_archive(how, handle=handle, settings=settings) as body:
             started = time.monotonic()
-            extracted = extract(body.chunks(), dest, handle=handle, limits=settings.limits())  # TODO abort
+            extracted = extract(body.chunks(), dest, handle=handle, limits=settings.limits(), abort=cancellation.cancel)
             seconds = max(time.monotonic() - started, 1e-6)
             mib = body.bytes_read / (1 << 20)
             logging.getLogger("hubcache").info(

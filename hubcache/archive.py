@@ -1,26 +1,32 @@
 """Safe streaming extraction of tar archives (plain, gzip, bz2 or xz).
 
-:func:`extract` reads an iterable of byte chunks (the HTTP body) once, from
-front to back, in a pipeline of three threads so that network, inflate and
-disk overlap on two cores (hashlib, zlib/isal and ``os.write`` release the
-GIL): the chunks are pulled in one thread, inflated in a second, and the tar
-stream is parsed and written in the calling thread. Queues between them are
-short, so memory use does not grow with the archive's size, and no copy of the
-archive is kept. The format is detected from the first bytes; gzip is inflated
-by python-isal when it is installed (``hubcache[fast]``), else by zlib.
+:func:`extract` reads an iterable of byte chunks (the HTTP body) once, in a
+pipeline of three threads so that network, inflate and disk overlap on two
+cores (hashlib, zlib/isal and ``os.write`` release the GIL): chunks are pulled
+in one thread, inflated in a second (by python-isal when installed,
+``hubcache[fast]``), and the tar stream (:mod:`hubcache.tar`) is parsed and
+written in the calling thread. Queues are short: memory does not grow with the
+archive, and no copy of it is kept.
 
-The tar reader is hubcache's own (ustar, pax and GNU long names): member data
-goes from the inflated buffers to the files without copies, in large writes.
-Nothing may land outside the destination: absolute names, ``..``, hard links,
-devices and fifos are refused, symlinks must stay inside, and no member is
-written through a symlink. Once every member is written, every symlink is
-resolved against the files on disk once more. The caller publishes the
-directory only if :func:`extract` returns; on :class:`ArchiveError` it deletes it.
+:class:`_SafeWriter` (for any archive format) refuses absolute names, ``..``,
+paths over ``MAX_DEPTH`` deep, hard links, devices, fifos, sparse files,
+symlinks leading outside (checked again on disk at the end, iteratively) and
+writes through symlinks. Every input is bounded, so a hostile body can neither
+hang extraction nor grow its memory: :class:`Limits`, ``MAX_SILENT_INPUT``,
+``XZ_MEMLIMIT``, the tar reader's bounds, and ``tar.MAX_TRAILER`` after the
+end-of-archive marker, inflated and as downloaded.
+
+What the archive causes raises :class:`ArchiveError` (naming the handle and
+the member), names the filesystem refuses or that clash included; disk faults
+(ENOSPC, EDQUOT, EACCES, EPERM, EROFS, EIO) stay OSError, the cache's. The
+caller publishes the directory only if :func:`extract` returns.
 """
 
 from __future__ import annotations
 
 import bz2
+import errno
+import functools
 import lzma
 import os
 import posixpath
@@ -28,9 +34,10 @@ import queue
 import threading
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .errors import ArchiveError
+from .tar import BLOCK, MAX_TRAILER, Member, TarReader, is_header, trailer_error
 
 try:  # the optional accelerated inflate and CRC (pip install 'hubcache[fast]')
     from isal import isal_zlib as _gzip_lib
@@ -40,14 +47,28 @@ except ImportError:
 OUT_SIZE = 2 << 20  # most bytes one inflate step hands on
 QUEUE_DEPTH = 4  # chunks waiting between two stages
 RATIO_FLOOR = 256 << 20  # the ratio bound applies once this many bytes came out
-BLOCK = 512
-_ZERO_BLOCK = bytes(BLOCK)
+#: The most compressed bytes in a row that may yield nothing: a bz2 block takes
+#: ~900 KB before its first byte; more is padding, empty streams or a hostile
+#: header field (a gzip comment has no length), not data.
+MAX_SILENT_INPUT = 8 << 20
+#: The xz decoder's memory: ``xz -9`` needs 65 MiB, but a stream may ask for a
+#: dictionary of up to 4 GiB, which fills as it decompresses.
+XZ_MEMLIMIT = 128 << 20
+#: The most components in a member's path (twice that in a symlink's target):
+#: tree walks stay shallow, link checks cheap.
+MAX_DEPTH = 128
+MAX_LINK_HOPS = 40  # symlinks followed to resolve one path, as Linux's MAXSYMLINKS
+_LINK_STEPS = (1 << 20, 64)  # steps to resolve every symlink: a base, plus per link
 _GZIP_MAGIC = b"\x1f\x8b"
 _BZ2_MAGIC = b"BZh"
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_BINARY
+# Errors from creating a member that its name causes (too long, a clash with
+# another member, a name the filesystem refuses): the archive's fault, not the cache's.
+_NAME_ERRNOS = {getattr(errno, n, None) for n in (
+    "ENAMETOOLONG", "EEXIST", "ENOTDIR", "EISDIR", "ELOOP", "EINVAL", "EILSEQ", "EMLINK", "ENOTEMPTY")} - {None}
 
 ACCELERATED = _gzip_lib is not zlib
 
@@ -66,8 +87,8 @@ _DECODE_ERRORS = (zlib.error, getattr(_gzip_lib, "error", zlib.error), lzma.LZMA
 class Limits:
     """Bounds on one archive, against bombs and absurd inputs (0: no bound)."""
 
-    max_size: int = 0  # bytes of member data in all
-    max_files: int = 0  # members of any type
+    max_size: int = 0  # bytes of member data in all (extended tar headers' data too)
+    max_files: int = 0  # members of any type (extended tar headers too)
     max_ratio: float = 0  # decompressed bytes per compressed byte, past RATIO_FLOOR
 
 
@@ -81,13 +102,21 @@ class Extracted:
     links: Dict[str, str] = field(default_factory=dict)
 
 
-def extract(chunks: Iterable[bytes], dest: str, *, handle: str, limits: Limits = Limits()) -> Extracted:
+def extract(
+    chunks: Iterable[bytes],
+    dest: str,
+    *,
+    handle: str,
+    limits: Limits = Limits(),
+    abort: Optional[Callable[[], None]] = None,
+) -> Extracted:
     """Extract the archive whose bytes ``chunks`` yields into the existing,
     empty directory ``dest``.
 
     Raises :class:`ArchiveError` (naming ``handle`` and, where it applies, the
     member) for data that is not a tar archive, is corrupt or truncated, holds
-    a member that would escape ``dest``, or exceeds ``limits``.
+    a member that would escape ``dest`` or that the filesystem cannot hold, or
+    exceeds ``limits``.
     """
     pipes: List[_Pipe] = []
     try:
@@ -101,19 +130,61 @@ def extract(chunks: Iterable[bytes], dest: str, *, handle: str, limits: Limits =
             inflater = _Pipe(_inflate(raw, fmt, handle, limits.max_ratio), "hubcache-inflate")
             pipes.append(inflater)
             tar_bytes = iter(inflater)
-        reader = _TarReader(tar_bytes, handle)
-        writer = _SafeWriter(dest, handle, limits)
+        reader = TarReader(tar_bytes, handle, _Budget(handle, limits).charge)
+        writer = _SafeWriter(dest, handle)
         for member in reader.members():
             writer.add(member, reader)
-        # Read to the end: a gzip stream's CRC and length are checked there, and
-        # the caller hashes the whole download.
-        for _ in tar_bytes:
-            pass
+        # Read to the end: a compressed stream's CRC and length are checked there,
+        # and the caller hashes the whole download. Only padding should be left,
+        # so at most MAX_TRAILER bytes more, inflated and as downloaded.
+        source.stop_after(MAX_TRAILER, trailer_error(handle))
+        reader.finish()
         writer.check_links()
         return writer.result
+    except BaseException:
+        # ``abort`` stops the source first (e.g. shuts its socket down), so that
+        # a read blocked in the fetch thread ends now, not at its timeout.
+        if abort is not None:
+            abort()
+        raise
     finally:
         for pipe in reversed(pipes):
             pipe.close()
+
+
+def _human(n: float) -> str:
+    units = ["bytes", "KiB", "MiB", "GiB", "TiB"]
+    while n >= 1024 and len(units) > 1:
+        n, units = n / 1024, units[1:]
+    return f"{n:.1f} {units[0]}" if isinstance(n, float) else f"{n} bytes"
+
+
+class _Budget:
+    """Charges each member (and extended header) against the archive's limits."""
+
+    def __init__(self, handle: str, limits: Limits) -> None:
+        self.handle, self.limits = handle, limits
+        self.members = self.size = 0
+
+    def charge(self, name: str, size: int) -> None:
+        self.members += 1
+        self.size += size
+        most_files, most_bytes = self.limits.max_files, self.limits.max_size
+        if most_files and self.members > most_files:
+            raise self._refuse(name, f"is beyond the {most_files} members allowed (tar's extended "
+                               "headers count)", "has that many files", f"HUBCACHE_MAX_FILES (now {most_files})")
+        if most_bytes and self.size > most_bytes:
+            raise self._refuse(name, f"({_human(size)}) takes the archive past the {_human(most_bytes)} "
+                               "allowed", "is that large", f"HUBCACHE_MAX_SIZE (now {_human(most_bytes)})")
+
+    def _refuse(self, name: str, why: str, really: str, setting: str) -> ArchiveError:
+        return ArchiveError(
+            f"the archive for {self.handle} was refused: member {name!r} {why}. Nothing was "
+            f"installed. If the model really {really}, raise {setting}; 0 turns the bound off. "
+            "If not, the archive may be malicious: report it to its publisher.",
+            handle=self.handle,
+            member=name,
+        )
 
 
 # ----------------------------------------------------------------- threading
@@ -134,12 +205,18 @@ class _Pipe:
     def __init__(self, source: Iterator[Any], name: str) -> None:
         self._queue: "queue.Queue[Any]" = queue.Queue(QUEUE_DEPTH)
         self._stop = threading.Event()
+        self._pulled = 0  # bytes taken from the source
+        self._limit: float = float("inf")  # and what to raise past it
+        self._over: BaseException = ArchiveError("")
         self._thread = threading.Thread(target=self._run, args=(source,), name=name, daemon=True)
         self._thread.start()
 
     def _run(self, source: Iterator[Any]) -> None:
         try:
             for item in source:
+                self._pulled += len(item)
+                if self._pulled > self._limit:
+                    raise self._over
                 if not self._put(item):
                     return
             self._put(_END)
@@ -149,6 +226,12 @@ class _Pipe:
             close = getattr(source, "close", None)
             if close is not None:
                 close()  # e.g. the download's progress bar
+
+    def stop_after(self, n: int, error: BaseException) -> None:
+        """Raise ``error`` after ``n`` more bytes from the source: counted here, it
+        stops even while the next stage yields nothing (zeros after a gzip)."""
+        self._over = error
+        self._limit = self._pulled + n
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
@@ -214,13 +297,8 @@ class _ZlibGzip:
     def __init__(self) -> None:
         self._d = _gzip_lib.decompressobj(16 + zlib.MAX_WBITS)
 
-    @property
-    def eof(self) -> bool:
-        return self._d.eof
-
-    @property
-    def unused_data(self) -> bytes:
-        return self._d.unused_data
+    def __getattr__(self, name: str) -> Any:  # eof, unused_data
+        return getattr(self._d, name)
 
     @property
     def needs_input(self) -> bool:
@@ -234,7 +312,7 @@ class _ZlibGzip:
 _FORMATS = (
     _Format("gzip", _GZIP_MAGIC, _ZlibGzip),
     _Format("bz2", _BZ2_MAGIC, bz2.BZ2Decompressor),
-    _Format("xz", _XZ_MAGIC, lzma.LZMADecompressor),
+    _Format("xz", _XZ_MAGIC, functools.partial(lzma.LZMADecompressor, memlimit=XZ_MEMLIMIT)),
 )
 
 
@@ -248,7 +326,7 @@ def _format_of(head: bytes, handle: str) -> Optional[_Format]:
     for fmt in _FORMATS:
         if head.startswith(fmt.magic):
             return fmt
-    if _is_tar_header(head):
+    if is_header(head):
         return None
     raise ArchiveError(
         f"the download for {handle} is not an archive: it starts with {_describe(head)}, "
@@ -264,10 +342,11 @@ def _inflate(chunks: Iterator[bytes], fmt: _Format, handle: str, max_ratio: floa
     decoder = fmt.new()
     fed = False  # the current decoder has been given data
     ended = False  # the current decoder's stream is over and its leftovers taken
-    bytes_in = bytes_out = 0
+    bytes_in = bytes_out = silent = 0  # silent: compressed bytes since the last output
     carry = b""  # bytes after a stream's end, too few yet to tell what they are
     for data in chunks:
         bytes_in += len(data)
+        silent += len(data)
         while True:
             if decoder.eof and not ended:
                 data, ended = decoder.unused_data + data, True
@@ -284,23 +363,32 @@ def _inflate(chunks: Iterator[bytes], fmt: _Format, handle: str, max_ratio: floa
             try:
                 out = decoder.decompress(data, OUT_SIZE)
             except _DECODE_ERRORS as e:
+                hint = f"it needs over {XZ_MEMLIMIT >> 20} MiB to inflate, or " if "memory" in str(e).lower() else ""
                 raise ArchiveError(
-                    f"the archive for {handle} has corrupt {fmt.name} data ({e}): the download "
-                    "is damaged; try again.",
+                    f"the archive for {handle} has corrupt {fmt.name} data ({e}): {hint}the "
+                    "download is damaged; try again.",
                     handle=handle,
                 ) from None
             data, fed = b"", True
             if out:
                 bytes_out += len(out)
+                silent = 0
                 if max_ratio and bytes_out > RATIO_FLOOR and bytes_out > max_ratio * bytes_in:
                     raise ArchiveError(
                         f"the archive for {handle} was refused: it expands more than "
                         f"{max_ratio:g} times (a decompression bomb?). Nothing was installed. If "
-                        "the model really is that compressible, raise HUBCACHE_MAX_RATIO (0 turns "
-                        "the bound off).",
+                        "the model really is that compressible, raise HUBCACHE_MAX_RATIO (now "
+                        f"{max_ratio:g}; 0 turns the bound off).",
                         handle=handle,
                     )
                 yield out
+        if silent > MAX_SILENT_INPUT:
+            raise ArchiveError(
+                f"the archive for {handle} has over {MAX_SILENT_INPUT >> 20} MiB of {fmt.name} data "
+                "in a row that holds nothing (padding, empty streams, header fields): it is "
+                "damaged or malicious. Nothing was installed; report it to the publisher.",
+                handle=handle,
+            )
     leftover = carry + (decoder.unused_data if decoder.eof and not ended else b"")
     if leftover.strip(b"\0"):
         raise _trailing_data(handle)
@@ -315,13 +403,9 @@ def _inflate(chunks: Iterator[bytes], fmt: _Format, handle: str, max_ratio: floa
 def _trailing_data(handle: str) -> ArchiveError:
     return ArchiveError(
         f"the archive for {handle} has unexpected data after its compressed stream: it is "
-        "damaged or not a single archive.",
+        "damaged or not a single archive. Try again; if it persists, report it to the publisher.",
         handle=handle,
     )
-
-
-def _is_tar_header(block: bytes) -> bool:
-    return len(block) >= BLOCK and _checksum_ok(block[:BLOCK])
 
 
 def _describe(head: bytes) -> str:
@@ -332,219 +416,49 @@ def _describe(head: bytes) -> str:
     return repr(head[:16])
 
 
-# ------------------------------------------------------------------ tar format
-
-
-@dataclass
-class _Member:
-    name: str
-    kind: str  # file, dir, symlink, hardlink, device, fifo, sparse, other
-    mode: int
-    size: int
-    linkname: str
-    type: bytes
-
-
-_KINDS = {b"0": "file", b"\0": "file", b"7": "file", b"5": "dir", b"2": "symlink", b"1": "hardlink",
-          b"3": "device", b"4": "device", b"6": "fifo", b"S": "sparse"}
-
-
-def _checksum_ok(block: bytes) -> bool:
-    try:
-        stored = int(block[148:156].split(b"\0", 1)[0].strip() or b"-1", 8)
-    except ValueError:
-        return False
-    unsigned = sum(block[:148]) + 256 + sum(block[156:])
-    if stored == unsigned:
-        return True
-    signed = unsigned - 2 * sum(b for b in block if b > 127) + 2 * sum(b for b in block[148:156] if b > 127)
-    return stored == signed  # some old tars sum signed bytes
-
-
-def _number(field_: bytes) -> int:
-    """A numeric header field: octal, or GNU base-256 when the high bit is set."""
-    if field_[0] & 0x80:
-        if field_[0] == 0xFF:
-            raise ValueError("negative number")
-        return int.from_bytes(bytes([field_[0] & 0x7F]) + field_[1:], "big")
-    text = field_.split(b"\0", 1)[0].strip()
-    return int(text, 8) if text else 0
-
-
-def _text(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-
-
-def _pax_records(data: bytes) -> Dict[str, str]:
-    records: Dict[str, str] = {}
-    while data:
-        length_text, _, _ = data.partition(b" ")
-        length = int(length_text)
-        record = data[len(length_text) + 1 : length]
-        data = data[length:]
-        key, _, value = record.rstrip(b"\n").partition(b"=")
-        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-    return records
-
-
-class _TarReader:
-    """The members of a tar stream arriving as chunks; member data is handed
-    on as memoryviews of the chunks, without copies."""
-
-    def __init__(self, chunks: Iterator[bytes], handle: str) -> None:
-        self._chunks = chunks
-        self._handle = handle
-        self._view = memoryview(b"")
-        self._unread = 0  # data of the current member not consumed yet
-
-    def _more(self) -> bool:
-        for chunk in self._chunks:
-            if chunk:
-                self._view = memoryview(chunk)
-                return True
-        return False
-
-    def _take(self, n: int) -> bytes:
-        """Exactly ``n`` bytes, or fewer at the end of the stream."""
-        if len(self._view) >= n:
-            out = self._view[:n].tobytes()
-            self._view = self._view[n:]
-            return out
-        parts = [self._view.tobytes()]
-        got = len(parts[0])
-        self._view = memoryview(b"")
-        while got < n and self._more():
-            piece = self._view[: n - got]
-            parts.append(piece.tobytes())
-            self._view = self._view[len(piece) :]
-            got += len(piece)
-        return b"".join(parts)
-
-    def data(self, n: int) -> Iterator[memoryview]:
-        """The next ``n`` bytes of the current member's data, as views."""
-        if n > self._unread:
-            raise ValueError("reading past the member's data")
-        self._unread -= n
-        return self._pieces(n)
-
-    def _pieces(self, n: int) -> Iterator[memoryview]:
-        while n:
-            if not self._view and not self._more():
-                raise self._truncated()
-            piece = self._view[:n]
-            self._view = self._view[len(piece) :]
-            n -= len(piece)
-            yield piece
-
-    def _skip(self, n: int) -> None:
-        for _ in self._pieces(n):
-            pass
-
-    def _truncated(self) -> ArchiveError:
-        return ArchiveError(
-            f"the archive for {self._handle} is truncated: it ends inside a member, before "
-            "tar's end-of-archive marker (a download cut short?). Try again; if it persists, the "
-            "published archive is incomplete.",
-            handle=self._handle,
-        )
-
-    def members(self) -> Iterator[_Member]:
-        pax: Dict[str, str] = {}
-        long_name: Optional[str] = None
-        long_link: Optional[str] = None
-        while True:
-            block = self._take(BLOCK)
-            if len(block) < BLOCK:
-                raise self._truncated()
-            if block == _ZERO_BLOCK:
-                return  # the end-of-archive marker
-            if not _checksum_ok(block):
-                raise ArchiveError(
-                    f"the archive for {self._handle} is not a valid tar archive (a header's "
-                    "checksum is wrong): it is corrupt or truncated (a download cut short?); try "
-                    "again, and if it persists report it to the publisher.",
-                    handle=self._handle,
-                )
-            type_ = block[156:157]
-            try:
-                size = _number(block[124:136])
-                mode = _number(block[100:108])
-            except ValueError:
-                raise ArchiveError(
-                    f"the archive for {self._handle} is not a valid tar archive (a bad number "
-                    "in a header): it is corrupt; try again.",
-                    handle=self._handle,
-                ) from None
-            padded = -size % BLOCK
-            if type_ in (b"x", b"X", b"g", b"L", b"K"):
-                payload = self._take(size)
-                if len(payload) < size:
-                    raise self._truncated()
-                self._skip(padded)
-                if type_ in (b"x", b"X"):
-                    pax.update(_pax_records(payload))
-                elif type_ == b"L":
-                    long_name = _text(payload)
-                elif type_ == b"K":
-                    long_link = _text(payload)
-                continue  # "g" (global pax headers) carry nothing hubcache uses
-            name = _text(block[0:100])
-            if block[257:262] == b"ustar" and block[345:346] != b"\0":
-                name = _text(block[345:500]) + "/" + name
-            name = pax.get("path", long_name or name)
-            linkname = pax.get("linkpath", long_link or _text(block[157:257]))
-            if "size" in pax:
-                size = int(pax["size"])
-                padded = -size % BLOCK
-            kind = _KINDS.get(type_, "other")
-            if kind == "file" and type_ == b"\0" and name.endswith("/"):
-                kind = "dir"  # old tar: a directory is a file named with a slash
-            pax, long_name, long_link = {}, None, None
-            self._unread = size
-            yield _Member(name, kind, mode, size, linkname, type_)
-            self._skip(self._unread + padded)  # whatever the writer did not read
-            self._unread = 0
-
-
 # ---------------------------------------------------------------- safe writer
+
+_MALICIOUS = "the archive may be malicious, so report it to its publisher"
+_REFUSED_KINDS = {"hardlink": "is a hard link", "device": "is a device file", "fifo": "is a fifo",
+                  "sparse": "is a sparse file (tar --sparse), which hubcache does not extract"}
 
 
 class _SafeWriter:
-    """Writes tar members under ``dest``, refusing any that could escape it."""
+    """Writes members under ``dest``, refusing any that could escape it."""
 
-    def __init__(self, dest: str, handle: str, limits: Limits) -> None:
+    def __init__(self, dest: str, handle: str) -> None:
         self.dest = dest
         self.handle = handle
-        self.limits = limits
         self.result = Extracted()
-        self._dirs: Set[str] = {""}  # relative dirs known to be real directories we made
-        self._names: Set[str] = set()  # every member name seen, to refuse duplicates
-        self._members = 0
-        self._size = 0
+        self._dirs = {""}  # relative dirs known to be real directories we made
+        self._names = set()  # every member name seen, to refuse duplicates
 
-    def _refuse(self, name: str, why: str) -> ArchiveError:
+    def _refuse(self, name: str, why: str, advice: str = _MALICIOUS) -> ArchiveError:
         return ArchiveError(
             f"the archive for {self.handle} was refused: member {name!r} {why}. Nothing was "
-            "installed; the archive may be malicious, so report it to its publisher.",
+            f"installed; {advice}.",
             handle=self.handle,
             member=name,
         )
 
-    def add(self, member: _Member, reader: _TarReader) -> None:
-        self._members += 1
-        if self.limits.max_files and self._members > self.limits.max_files:
-            raise self._refuse(
-                member.name, f"is beyond the {self.limits.max_files} members allowed (HUBCACHE_MAX_FILES)"
-            )
+    def _os(self, name: str, call: Callable[..., Any], *args: Any) -> Any:
+        """``call(*args)``, blaming the archive for the errors a member's name causes."""
+        try:
+            return call(*args)
+        except OSError as e:
+            if e.errno not in _NAME_ERRNOS:
+                raise  # the disk's or the cache's: full, read-only...
+            raise self._refuse(name, f"cannot be created ({e.strerror}): the filesystem refuses its "
+                               "name, or it clashes with another member", "report it to its publisher") from None
+
+    def add(self, member: Member, reader: TarReader) -> None:
         kind = member.kind
-        if kind == "file":
-            self._size += member.size
-            if self.limits.max_size and self._size > self.limits.max_size:
-                raise self._refuse(
-                    member.name,
-                    f"({member.size} bytes) takes the archive past the {self.limits.max_size} "
-                    "bytes allowed (HUBCACHE_MAX_SIZE)",
-                )
+        if kind in _REFUSED_KINDS:
+            link = f" (to {member.linkname!r})" if kind == "hardlink" else ""
+            advice = "re-create the archive without --sparse (-S)" if kind == "sparse" else _MALICIOUS
+            raise self._refuse(member.name, _REFUSED_KINDS[kind] + link, advice)
+        if kind not in ("file", "dir", "symlink"):
+            raise self._refuse(member.name, f"has an unsupported type ({member.type!r})")
         rel = self._relative(member.name)
         if rel in self._names:
             raise self._refuse(member.name, "appears twice in the archive")
@@ -559,22 +473,11 @@ class _SafeWriter:
         target = os.path.join(self.dest, rel)
         if kind == "file":
             self._write_file(member, reader, rel, target)
-        elif kind == "dir":
-            if rel not in self._dirs:
-                os.mkdir(target)
-                self._dirs.add(rel)
         elif kind == "symlink":
             self._make_symlink(member, rel, target)
-        elif kind == "hardlink":
-            raise self._refuse(member.name, f"is a hard link (to {member.linkname!r})")
-        elif kind == "device":
-            raise self._refuse(member.name, "is a device file")
-        elif kind == "fifo":
-            raise self._refuse(member.name, "is a fifo")
-        elif kind == "sparse":
-            raise self._refuse(member.name, "is a sparse file, which hubcache does not extract")
-        else:
-            raise self._refuse(member.name, f"has an unsupported type ({member.type!r})")
+        elif rel not in self._dirs:
+            self._os(member.name, os.mkdir, target)
+            self._dirs.add(rel)
 
     def _relative(self, name: str) -> str:
         if "\0" in name:
@@ -584,6 +487,8 @@ class _SafeWriter:
         parts = [p for p in name.split("/") if p not in ("", ".")]
         if ".." in parts:
             raise self._refuse(name, "has '..' in its path")
+        if len(parts) > MAX_DEPTH:
+            raise self._refuse(name, f"is {len(parts)} levels deep, more than the {MAX_DEPTH} allowed")
         return "/".join(parts)
 
     def _make_dirs(self, rel_dir: str, name: str) -> None:
@@ -598,11 +503,12 @@ class _SafeWriter:
                 raise self._refuse(name, f"would be written through the symlink {path!r}")
             if path in self.result.files:
                 raise self._refuse(name, f"would be written under the file {path!r}")
-            os.mkdir(os.path.join(self.dest, path))
+            self._os(name, os.mkdir, os.path.join(self.dest, path))
             self._dirs.add(path)
 
-    def _write_file(self, member: _Member, reader: _TarReader, rel: str, target: str) -> None:
-        fd = os.open(target, _CREATE, 0o777 if member.mode & 0o100 else 0o666)  # the umask trims it
+    def _write_file(self, member: Member, reader: TarReader, rel: str, target: str) -> None:
+        mode = 0o777 if member.mode & 0o100 else 0o666  # the umask trims it
+        fd = self._os(member.name, os.open, target, _CREATE, mode)
         crc = 0
         try:
             for piece in reader.data(member.size):
@@ -614,23 +520,47 @@ class _SafeWriter:
         self.result.files[rel] = member.size
         self.result.crc32[rel] = crc
 
-    def _make_symlink(self, member: _Member, rel: str, target: str) -> None:
+    def _make_symlink(self, member: Member, rel: str, target: str) -> None:
         link = member.linkname
-        if not link or link.startswith("/") or (len(link) > 1 and link[1] == ":"):
-            raise self._refuse(member.name, f"is a symlink to the absolute path {link!r}")
+        if not link or link.startswith("/") or (len(link) > 1 and link[1] == ":") or "\0" in link:
+            raise self._refuse(member.name, f"is a symlink to an absolute or invalid path ({link!r})")
+        if link.count("/") >= 2 * MAX_DEPTH:
+            raise self._refuse(member.name, f"is a symlink to a path over {2 * MAX_DEPTH} levels deep")
         resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), link))
         if resolved == ".." or resolved.startswith("../"):
             raise self._refuse(member.name, f"is a symlink pointing outside the model ({link!r})")
-        os.symlink(link, target)
+        self._os(member.name, os.symlink, link, target)
         self.result.links[rel] = link
 
     def check_links(self) -> None:
-        """Resolve every symlink against the final tree: a chain of links, each
-        harmless when made, must not lead outside ``dest`` either."""
-        if not self.result.links:
-            return
-        root = os.path.realpath(self.dest)
+        """Resolve every symlink against the final tree, as the kernel would: a
+        chain of links, each harmless when made, must not lead outside ``dest``,
+        not even on the way back into it (``dest`` is renamed when published).
+        Iterative, and bounded in links followed and in work."""
+        steps = _LINK_STEPS[0] + _LINK_STEPS[1] * len(self.result.links)
+        targets: Dict[str, Optional[str]] = {}  # relative path -> its link target, None if no link
         for rel, link in self.result.links.items():
-            real = os.path.realpath(os.path.join(self.dest, rel))
-            if real != root and not real.startswith(root + os.sep):
-                raise self._refuse(rel, f"is a symlink that resolves outside the model ({link!r})")
+            todo = rel.split("/")[::-1]  # the components still to walk, the next one last
+            reached: List[str] = []  # the directories walked through, as relative paths
+            hops = 0
+            while todo:
+                steps -= 1
+                if steps < 0:
+                    raise self._refuse(rel, "is one of too many symlinks, or too tangled ones, to check")
+                part = todo.pop()
+                if part == "..":
+                    if not reached:
+                        raise self._refuse(rel, f"is a symlink that resolves outside the model ({link!r})")
+                    reached.pop()
+                elif part not in ("", "."):
+                    path = f"{reached[-1]}/{part}" if reached else part
+                    if path not in targets:  # (islink is False for what is not there, or too long to be)
+                        full = os.path.join(self.dest, path)
+                        targets[path] = os.readlink(full) if os.path.islink(full) else None
+                    if targets[path] is None:
+                        reached.append(path)
+                        continue
+                    hops += 1
+                    if hops > MAX_LINK_HOPS:
+                        raise self._refuse(rel, f"is a symlink loop or a chain of over {MAX_LINK_HOPS} links")
+                    todo.extend(targets[path].split("/")[::-1])  # relative: refused otherwise

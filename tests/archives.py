@@ -98,3 +98,120 @@ def read_tree(path: str) -> Dict[str, bytes]:
                 with open(full, "rb") as fh:
                     out[os.path.relpath(full, path).replace(os.sep, "/")] = fh.read()
     return out
+
+
+# ----------------------------------------------------- hand-made tar headers
+# For hostile archives that tarfile refuses to write: every field is given as
+# the raw bytes the header holds (see the offsets in hubcache/tar.py).
+
+BLOCK = 512
+END = bytes(2 * BLOCK)  # tar's end-of-archive marker
+
+
+def octal(n: int, width: int) -> bytes:
+    """A numeric field as tar writes it: zero-padded octal digits and a NUL."""
+    return b"%0*o\0" % (width - 1, n)
+
+
+def header(
+    name: Union[str, bytes] = "f",
+    size: Union[int, bytes] = 0,
+    type: bytes = b"0",
+    *,
+    mode: Union[int, bytes] = 0o644,
+    linkname: Union[str, bytes] = b"",
+    magic: bytes = b"ustar\x0000",
+    prefix: bytes = b"",
+    extra: Optional[Dict[int, bytes]] = None,
+    checksum: Optional[str] = "unsigned",
+) -> bytes:
+    """One 512-byte tar header. ``size``/``mode`` as ints are written in octal,
+    as bytes verbatim (for negative, base-256 or junk numbers); ``extra`` puts
+    raw bytes at offsets; ``checksum`` is "unsigned", "signed" (as old Sun and
+    BSD tars summed it) or None (left as is, e.g. written through ``extra``)."""
+    raw = bytearray(BLOCK)
+
+    def put(offset: int, value: bytes, width: int) -> None:
+        raw[offset : offset + width] = value[:width].ljust(width, b"\0")
+
+    put(0, name.encode() if isinstance(name, str) else name, 100)
+    put(100, octal(mode, 8) if isinstance(mode, int) else mode, 8)
+    put(108, octal(0, 8), 8)
+    put(116, octal(0, 8), 8)
+    put(124, octal(size, 12) if isinstance(size, int) else size, 12)
+    put(136, octal(1_700_000_000, 12), 12)
+    raw[156:157] = type
+    put(157, linkname.encode() if isinstance(linkname, str) else linkname, 100)
+    raw[257 : 257 + len(magic)] = magic
+    put(345, prefix, 155)
+    for offset, value in (extra or {}).items():
+        raw[offset : offset + len(value)] = value
+    if checksum:
+        raw[148:156] = b" " * 8
+        total = sum(b - 256 if checksum == "signed" and b > 127 else b for b in raw)
+        raw[148:156] = b"%06o\0 " % (total & 0o777777)
+    return bytes(raw)
+
+
+def padded(data: bytes) -> bytes:
+    return data + bytes(-len(data) % BLOCK)
+
+
+def member(name: Union[str, bytes], data: bytes = b"", type: bytes = b"0", **fields) -> bytes:
+    """A header and its data, padded to whole blocks."""
+    return header(name, len(data), type, **fields) + padded(data)
+
+
+def pax_record(key: str, value: Union[str, bytes]) -> bytes:
+    """One well-formed pax record: "<length> <key>=<value>\\n"."""
+    body = b" " + key.encode() + b"=" + (value.encode() if isinstance(value, str) else value) + b"\n"
+    length = len(body) + 1
+    while len(str(length)) + len(body) != length:
+        length += 1
+    return str(length).encode() + body
+
+
+def extended(payload: bytes, type: bytes = b"x", name: str = "PaxHeaders/f") -> bytes:
+    """An extended header (pax "x"/"g"/"X" or GNU "L"/"K") holding ``payload``."""
+    return member(name, payload, type)
+
+
+def raw_tar(*parts: bytes) -> bytes:
+    """The parts one after the other, then the end-of-archive marker."""
+    return b"".join(parts) + END
+
+
+def named(name: str, data: bytes = b"", type: bytes = b"0", linkname: str = "") -> bytes:
+    """A member of any name and link target: a pax header carries those too long for the header."""
+    records = b""
+    if len(name.encode()) > 100:
+        records += pax_record("path", name)
+    if len(linkname.encode()) > 100:
+        records += pax_record("linkpath", linkname)
+    head = extended(records) if records else b""
+    return head + member(name.encode()[:100], data, type, linkname=linkname.encode()[:100])
+
+
+def extract_within(seconds: float, chunks, dest, **kwargs):
+    """hubcache's extract() in a thread, failing if it is still running after
+    ``seconds`` (a hang must not hang the suite); returns its result or raises
+    what it raised."""
+    import threading
+
+    from hubcache.archive import extract
+
+    out = {}
+
+    def target() -> None:
+        try:
+            out["result"] = extract([chunks] if isinstance(chunks, bytes) else chunks, str(dest), **kwargs)
+        except BaseException as e:  # re-raised in the caller's thread
+            out["error"] = e
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"extract() still running after {seconds} s"
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
