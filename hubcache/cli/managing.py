@@ -107,6 +107,17 @@ Exits 1 if the handle is not cached or its entry is not usable (damaged).
 _REMOVAL_FIELDS_HELP = """\
   handle, key, path, size (bytes on disk), reason (why it is removed)"""
 
+# What rm and prune share: quiet mode and their JSON.
+_PLAN_HELP = f"""\
+-q prints the plan only when asking or with --dry-run, and no "removed" line.
+
+--json (which needs -y or --dry-run) prints
+  with --dry-run: {{"dry_run": true, "plan": [removal, ...]}}
+  else:           {{"removed": [removal, ...], "skipped": [removal, ...],
+                   "freed": bytes}}  (skipped: in use, left in place)
+with each removal:
+{_REMOVAL_FIELDS_HELP}"""
+
 RM_EPILOG = f"""\
 examples:
   hubcache rm --dry-run https://tfhub.dev/google/yamnet/1
@@ -115,14 +126,7 @@ examples:
 Every handle is checked first: a malformed handle or a local path is an error
 (exit 2) and nothing is removed. A handle that is not cached is reported and
 makes the exit code 1; the others are still removed.
--q prints the plan only when asking or with --dry-run, and no "removed" line.
-
---json (which needs -y or --dry-run) prints
-  with --dry-run: {{"dry_run": true, "plan": [removal, ...]}}
-  else:           {{"removed": [removal, ...], "skipped": [removal, ...],
-                   "freed": bytes}}  (skipped: in use, left in place)
-with each removal:
-{_REMOVAL_FIELDS_HELP}"""
+{_PLAN_HELP}"""
 
 PRUNE_EPILOG = f"""\
 examples:
@@ -130,14 +134,7 @@ examples:
   hubcache prune --max-size 20G --damaged --temp -y
 
 AGE needs a unit: s, m, h, d or w (30d, 12h); SIZE takes K, M, G or T (20G).
--q prints the plan only when asking or with --dry-run, and no "removed" line.
-
---json (which needs -y or --dry-run) prints
-  with --dry-run: {{"dry_run": true, "plan": [removal, ...]}}
-  else:           {{"removed": [removal, ...], "skipped": [removal, ...],
-                   "freed": bytes}}  (skipped: in use, left in place)
-with each removal:
-{_REMOVAL_FIELDS_HELP}"""
+{_PLAN_HELP}"""
 
 VERIFY_EPILOG = """\
 examples:
