@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
 
-from archives import fake_saved_model, make_tar, Member  # noqa: E402
+from archives import Member, fake_saved_model, make_tar  # noqa: E402
 from hubserver import FakeHub  # noqa: E402
 
 SIZE = 4_000_000  # bytes of variables in the model
@@ -45,7 +45,8 @@ try:
     files = sum(len(f) for _, _, f in os.walk(path))
     print(json.dumps({"ok": True, "seconds": time.monotonic() - t, "files": files}))
 except BaseException as e:
-    print(json.dumps({"ok": False, "seconds": time.monotonic() - t, "error": type(e).__name__, "message": str(e)[:160]}))
+    failure = {"ok": False, "seconds": time.monotonic() - t, "error": type(e).__name__, "message": str(e)[:160]}
+    print(json.dumps(failure))
 """
 
 
@@ -82,8 +83,14 @@ class Bench:
         self.tool, self.cap = tool, cap
         self.hub = FakeHub()
         self.cache = tempfile.mkdtemp(prefix=f"faults-{tool}-")
-        self.env = dict(os.environ, TFHUB_CACHE_DIR=self.cache, NO_PROXY="*", HUBCACHE_DISABLE_PROGRESS="1",
-                        TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+        self.env = dict(
+            os.environ,
+            TFHUB_CACHE_DIR=self.cache,
+            NO_PROXY="*",
+            HUBCACHE_DISABLE_PROGRESS="1",
+            TF_CPP_MIN_LOG_LEVEL="3",
+            PYTHONPATH=REPO,
+        )
         self.env.update(self.hub.env())
 
     def close(self):
@@ -101,8 +108,12 @@ def kill_mid_download(b):
     data = fake_saved_model(1, SIZE)
     url = b.publish("kill", data)
     b.hub.storage.fault("/models/kill.tar.gz", bytes_per_second=len(data) // 4, times=1)
-    victim = subprocess.Popen([sys.executable, "-c", CHILD[b.tool] + CHILD_TAIL, url], env=b.env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(
+        [sys.executable, "-c", CHILD[b.tool] + CHILD_TAIL, url],
+        env=b.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while b.hub.storage.count() == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -139,7 +150,9 @@ def corrupt_archive(b):
     url = b.publish("corrupt", bytes(data))
     first = b.run(url)
     second = b.run(url)  # what does the next call see?
-    first["message"] = (first.get("message") or "") + f" | next call: {'model returned' if second['ok'] else second['error']}"
+    first["message"] = (
+        first.get("message") or ""
+    ) + f" | next call: {'model returned' if second['ok'] else second['error']}"
     return first
 
 
@@ -182,10 +195,9 @@ def main():
     parser.add_argument("--tools", default="hubcache,tensorflow_hub")
     args = parser.parse_args()
     tools = [t for t in args.tools.split(",") if t]
-    if "tensorflow_hub" in tools:
-        if importlib.util.find_spec("tensorflow_hub") is None:
-            print("tensorflow_hub is not installed: measuring hubcache only", file=sys.stderr)
-            tools.remove("tensorflow_hub")
+    if "tensorflow_hub" in tools and importlib.util.find_spec("tensorflow_hub") is None:
+        print("tensorflow_hub is not installed: measuring hubcache only", file=sys.stderr)
+        tools.remove("tensorflow_hub")
     header = "| fault | " + " | ".join(f"{t}: outcome | {t}: time" for t in tools) + " |"
     print(header)
     print("|" + "---|" * (1 + 2 * len(tools)))

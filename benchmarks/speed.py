@@ -109,24 +109,45 @@ def build(work):
     os.makedirs(work, exist_ok=True)
     specs = {
         "incompressible": lambda p: _gzip_tar(
-            p, [("saved_model.pb", b"x" * 1000, 1000), ("variables", None, 0)]
-            + [(f"variables/variables.data-{i:05d}-of-00008", (lambda i=i: _random_blocks(GIB // 8, i, False)), GIB // 8) for i in range(8)],
+            p,
+            [("saved_model.pb", b"x" * 1000, 1000), ("variables", None, 0)]
+            + [
+                (
+                    f"variables/variables.data-{i:05d}-of-00008",
+                    (lambda i=i: _random_blocks(GIB // 8, i, False)),
+                    GIB // 8,
+                )
+                for i in range(8)
+            ],
             level=1,
         ),
         "compressible": lambda p: _gzip_tar(
-            p, [("saved_model.pb", b"x" * 1000, 1000), ("variables", None, 0)]
-            + [(f"variables/variables.data-{i:05d}-of-00008", (lambda i=i: _random_blocks(GIB // 8, 100 + i, True)), GIB // 8) for i in range(8)],
+            p,
+            [("saved_model.pb", b"x" * 1000, 1000), ("variables", None, 0)]
+            + [
+                (
+                    f"variables/variables.data-{i:05d}-of-00008",
+                    (lambda i=i: _random_blocks(GIB // 8, 100 + i, True)),
+                    GIB // 8,
+                )
+                for i in range(8)
+            ],
             level=6,
         ),
         "small-files": lambda p: _gzip_tar(
-            p, [("saved_model.pb", b"x" * 1000, 1000), ("assets", None, 0)]
+            p,
+            [("saved_model.pb", b"x" * 1000, 1000), ("assets", None, 0)]
             + [(f"assets/d{i:03d}", None, 0) for i in range(200)]
             + [(f"assets/d{i // 100:03d}/f{i:05d}.txt", _text(i), len(_text(i))) for i in range(20_000)],
         ),
         "tiny": lambda p: _gzip_tar(
-            p, [("saved_model.pb", random.Random(1).randbytes(2000), 2000), ("variables", None, 0),
+            p,
+            [
+                ("saved_model.pb", random.Random(1).randbytes(2000), 2000),
+                ("variables", None, 0),
                 ("variables/variables.index", b"i" * 300, 300),
-                ("variables/variables.data-00000-of-00001", random.Random(2).randbytes(200_000), 200_000)],
+                ("variables/variables.data-00000-of-00001", random.Random(2).randbytes(200_000), 200_000),
+            ],
         ),
     }
     paths = {}
@@ -228,8 +249,14 @@ def run_tool(tool, url, cache):
 
 
 def _run_tool(tool, url, cache):
-    env = dict(os.environ, TFHUB_CACHE_DIR=cache, HUBCACHE_DISABLE_PROGRESS="1", NO_PROXY="*",
-               TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    env = dict(
+        os.environ,
+        TFHUB_CACHE_DIR=cache,
+        HUBCACHE_DISABLE_PROGRESS="1",
+        NO_PROXY="*",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=REPO,
+    )
     if tool.startswith("curl"):
         os.makedirs(cache, exist_ok=True)
         inflate = "tar xzf - " if tool == "curl | tar xzf -" else "igzip -dc | tar xf - "
@@ -251,8 +278,10 @@ def available_tools():
         tools.append("tensorflow_hub")
     else:
         print("tensorflow_hub is not installed: not measured", file=sys.stderr)
-    print("kagglehub is not measured: it downloads through Kaggle's own API, which the loopback "
-          "server does not emulate", file=sys.stderr)
+    print(
+        "kagglehub is not measured: it downloads through Kaggle's own API, which the loopback server does not emulate",
+        file=sys.stderr,
+    )
     if importlib.util.find_spec("isal") is None:
         tools.remove("hubcache")  # hubcache-zlib is what runs
         print("isal is not installed (pip install 'hubcache[fast]'): hubcache runs on zlib only", file=sys.stderr)
@@ -273,7 +302,7 @@ def fetch_table(paths, port, runs, scratch, only):
         rss = {tool: [] for tool in tools}
         temp = {tool: [] for tool in tools}
         for i in range(runs):
-            for tool in tools[i % len(tools):] + tools[: i % len(tools)]:  # rotate the order
+            for tool in tools[i % len(tools) :] + tools[: i % len(tools)]:  # rotate the order
                 cache = os.path.join(scratch, f"{tool.replace(' ', '').replace('|', '_')}-{workload}-{i}")
                 r = run_tool(tool, url, cache)
                 shutil.rmtree(cache, ignore_errors=True)
@@ -287,15 +316,20 @@ def fetch_table(paths, port, runs, scratch, only):
         base_tf = results.get("tensorflow_hub", (None,))[0]
         base_tar = results["curl | tar xzf -"][0]
         for tool, (seconds, rss, extra) in results.items():
-            rows.append((
-                workload, tool, f"{seconds:.2f}",
-                f"{seconds / base_tf:.2f}x" if base_tf else "-",
-                f"{seconds / base_tar:.2f}x",
-                f"{rss:.0f} MiB" if rss is not None else "-",
-                f"{extra:.0f} MiB",
-            ))
-    _print_table(("workload", "tool", "median s", "vs tensorflow_hub", "vs curl|tar", "peak RSS growth",
-                  "temp disk"), rows)
+            rows.append(
+                (
+                    workload,
+                    tool,
+                    f"{seconds:.2f}",
+                    f"{seconds / base_tf:.2f}x" if base_tf else "-",
+                    f"{seconds / base_tar:.2f}x",
+                    f"{rss:.0f} MiB" if rss is not None else "-",
+                    f"{extra:.0f} MiB",
+                )
+            )
+    _print_table(
+        ("workload", "tool", "median s", "vs tensorflow_hub", "vs curl|tar", "peak RSS growth", "temp disk"), rows
+    )
 
 
 def warm_resolve(port, scratch, paths):
@@ -319,7 +353,9 @@ print((time.perf_counter() - t) / n * 1e6)
             continue
         cache = os.path.join(scratch, f"warm-{tool}")
         env = dict(os.environ, TFHUB_CACHE_DIR=cache, NO_PROXY="*", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
-        r = subprocess.run([sys.executable, "-c", code, tool, url, str(n)], env=env, capture_output=True, text=True, check=True)
+        r = subprocess.run(
+            [sys.executable, "-c", code, tool, url, str(n)], env=env, capture_output=True, text=True, check=True
+        )
         rows.append((tool, f"{float(r.stdout.strip().splitlines()[-1]):.1f} us"))
         shutil.rmtree(cache, ignore_errors=True)
     _print_table(("warm resolve, in process", "per call"), rows)
@@ -349,21 +385,30 @@ def startup(port, scratch, paths, runs=15):
     _print_table(("fresh process", "median", "vs import platformdirs"), rows)
     own = []
     for _ in range(runs):
-        r = subprocess.run([sys.executable, "-X", "importtime", "-c", "import hubcache"], env=env,
-                           capture_output=True, text=True, check=True)
-        line = [l for l in r.stderr.splitlines() if l.rstrip().endswith("| hubcache")][-1]
+        r = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", "import hubcache"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        line = [x for x in r.stderr.splitlines() if x.rstrip().endswith("| hubcache")][-1]
         own.append(int(line.split("|")[1]) / 1000)
     print(f"\nimport hubcache: {statistics.median(own):.1f} ms of its own (python -X importtime, cumulative).")
-    code = ("import hubcache\n"
-            "def hwm(): return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
-            "import time\n"
-            "a, t = hwm(), time.perf_counter()\n"
-            "import hubcache.archive, hubcache.cache, hubcache.config, hubcache.download, filelock, tqdm\n"
-            "print((hwm() - a) / 1024, time.perf_counter() - t)")
+    code = (
+        "import hubcache\n"
+        "def hwm(): return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
+        "import time\n"
+        "a, t = hwm(), time.perf_counter()\n"
+        "import hubcache.archive, hubcache.cache, hubcache.config, hubcache.download, filelock, tqdm\n"
+        "print((hwm() - a) / 1024, time.perf_counter() - t)"
+    )
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     mib, seconds = map(float, r.stdout.split())
-    print(f"The first download in a process also imports requests, filelock and tqdm: "
-          f"{seconds * 1000:.0f} ms and +{mib:.0f} MiB RSS, once.\n")
+    print(
+        f"The first download in a process also imports requests, filelock and tqdm: "
+        f"{seconds * 1000:.0f} ms and +{mib:.0f} MiB RSS, once.\n"
+    )
     shutil.rmtree(cache, ignore_errors=True)
 
 
@@ -373,27 +418,50 @@ def parallel(port, scratch, work):
     for i in range(8):
         path = os.path.join(work, f"mid-{i}.tar.gz")
         if not os.path.exists(path):
-            _gzip_tar(path, [("saved_model.pb", b"x", 1), ("variables", None, 0), ("variables/variables.data-00000-of-00001",
-                                                            (lambda i=i: _random_blocks(64 << 20, 200 + i, False)), 64 << 20)], level=1)
+            _gzip_tar(
+                path,
+                [
+                    ("saved_model.pb", b"x", 1),
+                    ("variables", None, 0),
+                    (
+                        "variables/variables.data-00000-of-00001",
+                        (lambda i=i: _random_blocks(64 << 20, 200 + i, False)),
+                        64 << 20,
+                    ),
+                ],
+                level=1,
+            )
         names.append(f"http://127.0.0.1:{port}/mid-{i}.tar.gz")
     env = dict(os.environ, NO_PROXY="*", HUBCACHE_DISABLE_PROGRESS="1", PYTHONPATH=REPO)
     singles = []
     for url in names:
         cache = os.path.join(scratch, "single")
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "hubcache", "prefetch", "-q", url], env=dict(env, TFHUB_CACHE_DIR=cache), check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "hubcache", "prefetch", "-q", url],
+            env=dict(env, TFHUB_CACHE_DIR=cache),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         singles.append(time.perf_counter() - t)
         shutil.rmtree(cache, ignore_errors=True)
     cache = os.path.join(scratch, "jobs")
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "hubcache", "prefetch", "-q", "--jobs", "4", *names],
-                   env=dict(env, TFHUB_CACHE_DIR=cache), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "hubcache", "prefetch", "-q", "--jobs", "4", *names],
+        env=dict(env, TFHUB_CACHE_DIR=cache),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wall = time.perf_counter() - t
     shutil.rmtree(cache, ignore_errors=True)
-    rows = [("8 x 64 MiB, one after another (sum)", f"{sum(singles):.2f} s"),
-            ("slowest single", f"{max(singles):.2f} s"),
-            ("sum / 2 cores", f"{sum(singles) / 2:.2f} s"),
-            ("prefetch --jobs 4", f"{wall:.2f} s")]
+    rows = [
+        ("8 x 64 MiB, one after another (sum)", f"{sum(singles):.2f} s"),
+        ("slowest single", f"{max(singles):.2f} s"),
+        ("sum / 2 cores", f"{sum(singles) / 2:.2f} s"),
+        ("prefetch --jobs 4", f"{wall:.2f} s"),
+    ]
     _print_table(("parallel prefetch", "wall"), rows)
 
 
@@ -409,8 +477,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "hubcache-bench"))
-    parser.add_argument("--target", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
-                        help="where the tools extract (default: tmpfs at /dev/shm, else --work)")
+    parser.add_argument(
+        "--target",
+        default="/dev/shm" if os.path.isdir("/dev/shm") else None,
+        help="where the tools extract (default: tmpfs at /dev/shm, else --work)",
+    )
     parser.add_argument("--only", default="", help="comma-separated workloads (default: all)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: fetch,warm,startup,parallel")
     args = parser.parse_args()

@@ -25,10 +25,10 @@ from typing import Any, Iterator, Optional, Tuple
 import requests
 import urllib3
 
-from .archive import is_compressed
 from .cancel import shutdown
 from .config import Settings
 from .errors import DownloadError, IntegrityError
+from .pipeline import is_compressed
 from .resolvers import ArchivePlan, LocationPlan
 from .transport import Transport, http_error, reason, redact
 

@@ -46,9 +46,18 @@ XHDTYPE, XGLTYPE, SOLARIS_XHDTYPE = b"x", b"g", b"X"  # pax: next member / globa
 GNUTYPE_LONGNAME, GNUTYPE_LONGLINK, GNUTYPE_SPARSE = b"L", b"K", b"S"
 EXTENDED = (XHDTYPE, SOLARIS_XHDTYPE, XGLTYPE, GNUTYPE_LONGNAME, GNUTYPE_LONGLINK)
 
-KINDS = {REGTYPE: "file", AREGTYPE: "file", CONTTYPE: "file", DIRTYPE: "dir", SYMTYPE: "symlink",
-         LNKTYPE: "hardlink", CHRTYPE: "device", BLKTYPE: "device", FIFOTYPE: "fifo",
-         GNUTYPE_SPARSE: "sparse"}
+KINDS = {
+    REGTYPE: "file",
+    AREGTYPE: "file",
+    CONTTYPE: "file",
+    DIRTYPE: "dir",
+    SYMTYPE: "symlink",
+    LNKTYPE: "hardlink",
+    CHRTYPE: "device",
+    BLKTYPE: "device",
+    FIFOTYPE: "fifo",
+    GNUTYPE_SPARSE: "sparse",
+}
 
 #: The most bytes of extended header data (pax records, GNU long names and link
 #: targets) before one member, all its extended headers together. Real ones hold
@@ -81,7 +90,7 @@ class _Extended:
 _NONE = _Extended()  # no extended headers before this member (never changed)
 
 
-class _Invalid(Exception):
+class _FieldError(Exception):
     """A malformed field; the reader turns it into an ArchiveError that names the archive."""
 
 
@@ -100,10 +109,10 @@ def number(raw: bytes) -> int:
     or space; empty means 0), or GNU base-256 (a leading 0x80 byte)."""
     if raw[0] & 0x80:
         if raw[0] != 0x80:  # 0xFF: a negative base-256 number; other high bytes mean nothing
-            raise _Invalid("a negative or malformed number")
+            raise _FieldError("a negative or malformed number")
         value = int.from_bytes(raw[1:], "big")
         if value > MAX_NUMBER:
-            raise _Invalid("a number too large")
+            raise _FieldError("a number too large")
         return value
     text = raw.split(b"\0", 1)[0].strip()
     if text.isdigit():  # ASCII digits only: no sign, "0o" or "_", which int() would take
@@ -113,16 +122,16 @@ def number(raw: bytes) -> int:
             pass  # an 8 or a 9
     elif not text:
         return 0
-    raise _Invalid("a number that is not octal")
+    raise _FieldError("a number that is not octal")
 
 
 def _decimal(text: str) -> int:
     """A pax number (decimal digits only: no sign, no space, no fraction)."""
     if not text.isascii() or not text.isdigit() or len(text) > 19:
-        raise _Invalid(f"a bad number in a pax record ({text[:40]!r})")
+        raise _FieldError(f"a bad number in a pax record ({text[:40]!r})")
     value = int(text)
     if value > MAX_NUMBER:
-        raise _Invalid("a number too large in a pax record")
+        raise _FieldError("a number too large in a pax record")
     return value
 
 
@@ -161,13 +170,13 @@ def pax_records(data: bytes) -> Iterator[Tuple[str, str]]:
         space = data.find(b" ", pos, pos + 20)  # 19 digits say more than MAX_HEADER_PAYLOAD
         digits = data[pos:space] if space > pos else b""
         if not digits.isdigit():
-            raise _Invalid("a pax record without a length")
+            raise _FieldError("a pax record without a length")
         stop = pos + int(digits)
         if stop < space + 4 or stop > end or data[stop - 1] != 0x0A:  # at least "k=\n" after the space
-            raise _Invalid("a pax record whose length is wrong")
+            raise _FieldError("a pax record whose length is wrong")
         keyword, equals, value = data[space + 1 : stop - 1].partition(b"=")
         if not equals or not keyword:
-            raise _Invalid("a pax record without a keyword")
+            raise _FieldError("a pax record without a keyword")
         yield keyword.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")
         pos = stop  # at least 5 bytes on
 
@@ -274,7 +283,7 @@ class TarReader:
             try:
                 size = number(block[SIZE])
                 mode = number(block[MODE])
-            except _Invalid as e:
+            except _FieldError as e:
                 raise self._corrupt(f"{e} in the header of {name!r}", name) from None
             if type_ in EXTENDED:
                 ext = _Extended() if ext is _NONE else ext
@@ -292,7 +301,7 @@ class TarReader:
                 if "size" in ext.pax:
                     try:
                         size = _decimal(ext.pax["size"])
-                    except _Invalid as e:
+                    except _FieldError as e:
                         raise self._corrupt(f"{e} for {name!r}", name) from None
                 ext = _NONE
             if kind == "file" and type_ == AREGTYPE and name.endswith("/"):
@@ -331,7 +340,7 @@ class TarReader:
                         ext.sparse = ext.sparse or key.startswith("GNU.sparse.")
                         if key in _PAX_KEYS:
                             ext.pax[key] = value
-        except _Invalid as e:
+        except _FieldError as e:
             raise self._corrupt(f"{e} in {name!r}", name) from None
 
     def finish(self) -> None:

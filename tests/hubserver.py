@@ -19,6 +19,7 @@ bytes, a stall, throttling, a wrong Content-Length, Range ignored.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import re
 import socket
@@ -267,10 +268,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _cut(self) -> None:
         """Drop the connection abruptly, mid-body."""
         self.close_connection = True
-        try:
+        with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
 
 class FakeHub:

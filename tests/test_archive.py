@@ -5,9 +5,10 @@ import os
 
 import pytest
 
-from archives import Member, fake_saved_model_files, make_tar, read_tree
 from hubcache import ArchiveError
 from hubcache.archive import extract
+
+from archives import Member, fake_saved_model_files, make_tar, read_tree
 
 
 def chunked(data, size=7777):
@@ -168,9 +169,9 @@ def test_zlib_fallback_without_isal(tmp_path):
     archive.write_bytes(make_tar(fake_saved_model_files().items()))
     code = (
         "import sys; sys.modules['isal'] = None\n"
-        "import hubcache.archive as a, json\n"
+        "import hubcache.archive as a, hubcache.pipeline as p, json\n"
         f"r = a.extract([open({str(archive)!r}, 'rb').read()], {str(tmp_path / 'out')!r}, handle='h')\n"
-        "print(json.dumps([a.ACCELERATED, r.files]))\n"
+        "print(json.dumps([p.ACCELERATED, r.files]))\n"
     )
     (tmp_path / "out").mkdir()
     out = subprocess.run([sys.executable, "-c", code], env=child_env({}), capture_output=True, text=True, check=True)

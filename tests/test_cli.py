@@ -7,11 +7,12 @@ import subprocess
 import sys
 
 import pytest
-from archives import fake_saved_model, fake_saved_model_files, read_tree
-from conftest import child_env, run_cli
 
 import hubcache
 from hubcache.handles import cache_key
+
+from archives import fake_saved_model, fake_saved_model_files, read_tree
+from conftest import child_env, run_cli
 
 TFHUB = "https://tfhub.dev/google/tiny/1"
 KAGGLE = "https://www.kaggle.com/models/google/other/tensorFlow2/other/3"

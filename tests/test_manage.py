@@ -9,12 +9,13 @@ import sys
 import time
 
 import pytest
-from archives import fake_saved_model, fake_saved_model_files, read_tree
-from conftest import leftovers, run_cli
 
 import hubcache
 import hubcache.layout as layout
 from hubcache.handles import cache_key
+
+from archives import fake_saved_model, fake_saved_model_files, read_tree
+from conftest import leftovers, run_cli
 
 TINY = "https://tfhub.dev/google/tiny/1"
 BIG = "https://tfhub.dev/google/big/1"

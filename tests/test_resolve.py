@@ -10,8 +10,9 @@ import stat
 import pytest
 
 import hubcache
-from archives import Member, fake_saved_model, fake_saved_model_files, make_tar, read_tree
 from hubcache.handles import cache_key
+
+from archives import Member, fake_saved_model, fake_saved_model_files, make_tar, read_tree
 
 TFHUB = "https://tfhub.dev/google/tiny/1"
 KAGGLE = "https://www.kaggle.com/models/google/tiny/tensorFlow2/tiny/1"

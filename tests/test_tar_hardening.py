@@ -17,10 +17,11 @@ import zlib
 
 import pytest
 
-from archives import BLOCK, END, extended, extract_within, header, member, named, pax_record, raw_tar, read_tree
 from hubcache import ArchiveError
 from hubcache.archive import Limits
 from hubcache.tar import MAX_HEADER_PAYLOAD, MAX_TRAILER
+
+from archives import BLOCK, END, extended, extract_within, header, member, named, pax_record, raw_tar, read_tree
 
 HANDLE = "https://example.com/evil.tar.gz"
 BOUND = 10  # seconds any extraction here may take
@@ -43,11 +44,14 @@ def fresh(box):
     return dest
 
 
-def run(chunks, dest, limits=Limits()):
+NO_LIMITS = Limits()
+
+
+def run(chunks, dest, limits=NO_LIMITS):
     return extract_within(BOUND, chunks, dest, handle=HANDLE, limits=limits)
 
 
-def refused(chunks, dest, match=None, member=None, limits=Limits()):
+def refused(chunks, dest, match=None, member=None, limits=NO_LIMITS):
     with pytest.raises(ArchiveError, match=match) as e:
         run(chunks, dest, limits)
     assert HANDLE in str(e.value)

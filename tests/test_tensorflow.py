@@ -9,9 +9,10 @@ import sys
 import pytest
 
 import hubcache
+from hubcache.handles import cache_key
+
 from archives import tar_directory
 from conftest import child_env
-from hubcache.handles import cache_key
 
 HANDLE = "https://tfhub.dev/test/affine/1"
 

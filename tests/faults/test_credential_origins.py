@@ -43,11 +43,12 @@ import requests
 from requests.structures import CaseInsensitiveDict
 
 import hubcache
-from archives import fake_saved_model
 from hubcache import handles as hubcache_handles
-from hubcache import transport as T
+from hubcache import transport as transport_module
 from hubcache.config import load_settings
 from hubcache.errors import DownloadError, HubcacheError
+
+from archives import fake_saved_model
 from hubserver import HubServer, Reply
 
 TOKEN = "kaggle-origin-secret-7f3a9c"
@@ -506,7 +507,7 @@ class Harness:
     def __init__(self, setup: Setup, cache_dir: str, fake: str = "adapter") -> None:
         self.setup = setup
         # The settings as a call reads them, credentials included (from the environment).
-        self.transport = T.Transport("test-handle", load_settings(cache_dir=cache_dir), setup.endpoint)
+        self.transport = transport_module.Transport("test-handle", load_settings(cache_dir=cache_dir), setup.endpoint)
         assert self.transport.credentials is not None, "KAGGLE_API_TOKEN must be set"
         self.authorization = self.transport.credentials.authorization
         self.allowed = self.transport.allowed
@@ -550,7 +551,7 @@ class Harness:
         carried = hop is not None and hop.headers.get("Authorization") == self.authorization
         verdict = truth = None
         if hop is not None:
-            verdict = T.may_carry_credentials(hop.url, self.allowed)
+            verdict = transport_module.may_carry_credentials(hop.url, self.allowed)
             truth = ground_truth(self.transport.session, hop)
         return Outcome(location, target, hop, carried, verdict, truth, error)
 
@@ -703,8 +704,8 @@ def test_an_ipv6_kaggle_endpoint_gets_its_credentials(creds):
     ("::1"), so ``may_carry_credentials`` never agrees, even on the endpoint
     itself, and a gated model behind such an endpoint is always refused."""
     endpoint = "http://[::1]:8001"
-    allowed = frozenset([T.origin_of(endpoint)])
-    assert T.may_carry_credentials(endpoint + "/models/o/m/f/v/1?tf-hub-format=compressed", allowed)
+    allowed = frozenset([transport_module.origin_of(endpoint)])
+    assert transport_module.may_carry_credentials(endpoint + "/models/o/m/f/v/1?tf-hub-format=compressed", allowed)
     harness = Harness(SETUPS[-1], creds)
     assert harness.run("http://[::1]:8001/x").carried
 
@@ -726,7 +727,7 @@ def test_fuzzed_authorities_never_carry_credentials_elsewhere(creds, setup, caps
 def _blames(message: str, url: str) -> bool:
     """Whether an error ``message`` says ``url`` itself cannot be requested
     (however hubcache shows it: ``redact``, or ``handles.redact_text`` if any)."""
-    shown = {T.redact(url), url}
+    shown = {transport_module.redact(url), url}
     redact_text = getattr(hubcache_handles, "redact_text", None)
     if redact_text is not None:
         shown.add(redact_text(url))
@@ -759,7 +760,7 @@ def test_an_unfollowable_redirect_fails_as_download_error_naming_the_redirect(cr
     assert not raw, f"{len(raw)} Locations escape as raw exceptions:\n" + "\n".join(sorted(set(raw))[:20])
     assert not blamed, (
         f"{len(blamed)} of {cases} Locations fail with an error that says the redirecting URL "
-        f"{T.redact(setup.base)} cannot be requested:\n" + "\n".join(sorted(set(blamed))[:20])
+        f"{transport_module.redact(setup.base)} cannot be requested:\n" + "\n".join(sorted(set(blamed))[:20])
     )
 
 
@@ -891,9 +892,9 @@ def check_no_leak(secrets: List[str], kaggle: HubServer, servers: List[HubServer
         assert not any(s in text for s in secrets), text
     assert not any(s in caplog.text for s in secrets)
     # hubcache's own log says where the credentials went: only to Kaggle's origin.
-    allowed = T.origin_of(kaggle.url)
+    allowed = transport_module.origin_of(kaggle.url)
     for url in _WITH_CREDENTIALS.findall(caplog.text):
-        assert T.origin_of(url) == allowed and url.startswith(kaggle.url + "/"), url
+        assert transport_module.origin_of(url) == allowed and url.startswith(kaggle.url + "/"), url
     for path in _files_under(cache_dir):
         with open(path, "rb") as f:
             data = f.read()

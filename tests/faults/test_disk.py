@@ -18,9 +18,10 @@ import tempfile
 import pytest
 
 import hubcache
+from hubcache.handles import cache_key
+
 from archives import fake_saved_model, fake_saved_model_files, read_tree
 from conftest import REPO, child_env, leftovers, result_of, spawn_resolver
-from hubcache.handles import cache_key
 
 SMALL = "https://tfhub.dev/google/small/1"
 BIG = "https://tfhub.dev/google/big/1"

@@ -11,9 +11,10 @@ import zlib
 import pytest
 
 import hubcache
+from hubcache.handles import cache_key
+
 from archives import Member, make_tar
 from conftest import leftovers
-from hubcache.handles import cache_key
 from test_archive import HOSTILE
 
 

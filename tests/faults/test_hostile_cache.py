@@ -19,14 +19,6 @@ import tarfile
 import time
 
 import pytest
-from archives import (
-    Member,
-    fake_saved_model,
-    fake_saved_model_files,
-    make_tar,
-    read_tree,
-)
-from conftest import child_env, leftovers, run_cli
 
 import hubcache
 from hubcache import fs, inventory
@@ -42,6 +34,15 @@ from hubcache.errors import (
     IntegrityError,
 )
 from hubcache.handles import cache_key
+
+from archives import (
+    Member,
+    fake_saved_model,
+    fake_saved_model_files,
+    make_tar,
+    read_tree,
+)
+from conftest import child_env, leftovers, run_cli
 
 TINY = "https://tfhub.dev/google/tiny/1"
 OTHER = "https://tfhub.dev/google/other/1"

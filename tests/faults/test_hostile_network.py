@@ -10,6 +10,7 @@ Ctrl-C is a real SIGINT sent to a real child process.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,9 +29,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import pytest
 
 import hubcache
+from hubcache.handles import cache_key
+
 from archives import fake_saved_model, fake_saved_model_files, make_tar, read_tree
 from conftest import child_env, leftovers, result_of, run_cli, spawn_resolver
-from hubcache.handles import cache_key
 from hubserver import Reply
 
 # ------------------------------------------------------------------ raw server
@@ -47,7 +49,7 @@ class RawRequest:
     sent: int = 0  # body bytes written so far (by Conn.body)
 
 
-class _Stopped(Exception):
+class _StoppedError(Exception):
     pass
 
 
@@ -68,7 +70,7 @@ class Conn:
 
     def sleep(self, seconds: float) -> None:
         if self._stop.wait(seconds):
-            raise _Stopped()
+            raise _StoppedError()
 
 
 Answer = Callable[[Conn, RawRequest], None]
@@ -127,13 +129,11 @@ class RawServer:
             finally:
                 with self._lock:
                     self.active -= 1
-        except (OSError, _Stopped):
+        except (OSError, _StoppedError):
             pass
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
 
 
 def head(status: str = "200 OK", headers: Sequence[Tuple[str, Union[str, bytes]]] = ()) -> bytes:

@@ -8,9 +8,10 @@ import shutil
 import pytest
 
 import hubcache
+from hubcache.handles import cache_key
+
 from archives import fake_saved_model, fake_saved_model_files, read_tree
 from conftest import leftovers, result_of, run_cli, spawn_resolver
-from hubcache.handles import cache_key
 
 HANDLE = "https://tfhub.dev/google/tiny/1"
 
@@ -125,7 +126,7 @@ def test_lock_file_round_trip_to_an_offline_machine(env, hub, tmp_path, archive)
     lock = tmp_path / "hubcache.lock"
     r = run_cli("prefetch", "-f", str(handles), "--lock", str(lock), env=env)
     assert r.returncode == 0, r.stderr
-    lines = [l for l in lock.read_text().splitlines() if not l.startswith("#")]
+    lines = [line for line in lock.read_text().splitlines() if not line.startswith("#")]
     assert lines == [
         f"{HANDLE} sha256={hashlib.sha256(archive).hexdigest()} size={len(archive)}",
         f"{kaggle} sha256={hashlib.sha256(fake_saved_model(5)).hexdigest()} size={len(fake_saved_model(5))}",

@@ -12,9 +12,10 @@ import os
 import pytest
 
 import hubcache
+from hubcache.handles import cache_key
+
 from archives import fake_saved_model, fake_saved_model_files, read_tree
 from conftest import leftovers
-from hubcache.handles import cache_key
 
 HANDLE = "https://tfhub.dev/google/tiny/1"
 SIZE = 400_000

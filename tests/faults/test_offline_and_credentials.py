@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import hubcache
+
 from archives import fake_saved_model, fake_saved_model_files, read_tree
 from conftest import child_env
 from hubserver import HubServer, Reply

@@ -8,9 +8,10 @@ import signal
 import time
 
 import hubcache
+from hubcache.handles import cache_key
+
 from archives import fake_saved_model, fake_saved_model_files, read_tree
 from conftest import leftovers, result_of, spawn_resolver
-from hubcache.handles import cache_key
 
 HANDLE = "https://tfhub.dev/google/tiny/1"
 SIZE = 600_000

@@ -9,6 +9,7 @@ import time
 import pytest
 
 import hubcache
+
 from conftest import leftovers
 
 
