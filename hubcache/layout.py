@@ -153,6 +153,13 @@ def forget(directory: str) -> None:
     _touched.pop(directory, None)
 
 
+def forget_all() -> None:
+    """Forget which entries this process checked and when it recorded their
+    use: the next lookups act as a new process's would."""
+    _validated.clear()
+    _touched.clear()
+
+
 def record_use(directory: str) -> None:
     """Record a use of the entry at ``directory``, to the hour."""
     now = time.monotonic()

@@ -163,7 +163,7 @@ def test_zlib_fallback_without_isal(tmp_path):
     import subprocess
     import sys
 
-    from conftest import child_env
+    from helpers import child_env
 
     archive = tmp_path / "m.tar.gz"
     archive.write_bytes(make_tar(fake_saved_model_files().items()))

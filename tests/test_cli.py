@@ -12,7 +12,7 @@ import hubcache
 from hubcache.handles import cache_key
 
 from archives import fake_saved_model, fake_saved_model_files, read_tree
-from conftest import child_env, run_cli
+from helpers import child_env, run_cli
 
 TFHUB = "https://tfhub.dev/google/tiny/1"
 KAGGLE = "https://www.kaggle.com/models/google/other/tensorFlow2/other/3"

@@ -16,7 +16,7 @@ import pytest
 from hubcache.handles import cache_key
 
 from archives import fake_saved_model
-from conftest import child_env, leftovers, run_cli
+from helpers import child_env, leftovers, run_cli
 
 TINY = "https://tfhub.dev/google/tiny/1"
 OTHER = "https://www.kaggle.com/models/google/other/tensorFlow2/other/3"

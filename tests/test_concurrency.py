@@ -6,7 +6,7 @@ import sys
 import time
 
 from archives import fake_saved_model, fake_saved_model_files, read_tree
-from conftest import child_env
+from helpers import child_env
 
 RACER = """
 import os, sys, time

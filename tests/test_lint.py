@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 # The package and the runnable scripts are formatted; tests are linted only
 # (their long, one-line assertions read better unwrapped).

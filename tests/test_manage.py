@@ -15,7 +15,7 @@ import hubcache.layout as layout
 from hubcache.handles import cache_key
 
 from archives import fake_saved_model, fake_saved_model_files, read_tree
-from conftest import leftovers, run_cli
+from helpers import leftovers, run_cli
 
 TINY = "https://tfhub.dev/google/tiny/1"
 BIG = "https://tfhub.dev/google/big/1"
@@ -370,13 +370,13 @@ def test_last_use_is_recorded_without_rewriting_the_entry(env, hub, cache_dir):
     used = path + ".hubcache.used"
     marker = os.stat(path + ".hubcache.json")
     age(path, 1)
-    layout._touched.clear()  # as in a new process: a process records a use once an hour
+    layout.forget_all()  # as in a new process: a process records a use once an hour
     hubcache.resolve(TINY)
     assert time.time() - os.stat(used).st_mtime < 60  # brought up to now
     assert os.stat(path + ".hubcache.json") == marker  # the entry itself untouched
     age(path, 0.01)  # used 15 minutes ago: kept to the hour, no write
     stamp = os.stat(used).st_mtime_ns
-    layout._touched.clear()
+    layout.forget_all()
     hubcache.resolve(TINY)
     assert os.stat(used).st_mtime_ns == stamp
 

@@ -247,7 +247,7 @@ def test_damaged_entry_is_downloaded_again_with_a_warning(env, hub, cache_dir, c
     os.remove(os.path.join(path, "variables", "variables.data-00000-of-00001"))
     import hubcache.layout as cache_module
 
-    cache_module._validated.clear()  # a new process: nothing validated yet
+    cache_module.forget_all()  # a new process: nothing validated yet
     with caplog.at_level(logging.WARNING, logger="hubcache"):
         assert hubcache.resolve(TFHUB) == path
     assert "cannot be used" in caplog.text and "variables.data-00000-of-00001" in caplog.text
@@ -261,7 +261,7 @@ def test_damaged_entry_offline_is_an_error_not_a_broken_model(env, hub, monkeypa
     os.remove(os.path.join(path, "saved_model.pb"))
     import hubcache.layout as cache_module
 
-    cache_module._validated.clear()
+    cache_module.forget_all()
     monkeypatch.setenv("HUBCACHE_OFFLINE", "1")
     with pytest.raises(hubcache.OfflineError, match="damaged .*saved_model.pb"):
         hubcache.resolve(TFHUB)
@@ -376,7 +376,7 @@ def test_lock_held_by_another_process_times_out_then_dies(env, hub, monkeypatch,
     import sys
     import time
 
-    from conftest import child_env
+    from helpers import child_env
 
     hub.publish_tfhub("google/tiny/1", fake_saved_model())
     os.makedirs(cache_dir)

@@ -203,7 +203,7 @@ print(json.dumps([outcome, hwm() - before]))
 def test_memory_stays_bounded_when_headers_claim_gigabytes(box, kind):
     """The reported case: a small download whose GNU long-name (or pax) header
     claims gigabytes reached 3.2 GiB of RSS. Measured in a child process."""
-    from conftest import HERE, child_env
+    from helpers import HERE, child_env
 
     code = MEMORY_CHILD.format(tests=HERE, claim=1536 << 20, kind=kind, dest=str(box))
     out = subprocess.run([sys.executable, "-c", code], env=child_env({}), capture_output=True, text=True,

@@ -12,7 +12,7 @@ import hubcache
 from hubcache.handles import cache_key
 
 from archives import tar_directory
-from conftest import child_env
+from helpers import child_env
 
 HANDLE = "https://tfhub.dev/test/affine/1"
 
@@ -102,7 +102,7 @@ def test_prune_while_another_process_loads(env, hub, tf, saved_model_dir, cache_
         [sys.executable, "-c", LOADER, HANDLE, "25"], env=child_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     removed = skipped = 0
-    from conftest import run_cli
+    from helpers import run_cli
 
     while loader.poll() is None:
         r = run_cli("rm", "-y", HANDLE, env=env)
@@ -115,7 +115,7 @@ def test_prune_while_another_process_loads(env, hub, tf, saved_model_dir, cache_
 
 
 def test_cache_filled_by_tensorflow_hub_is_listed_and_verified(env, hub, tf, saved_model_dir, cache_dir):
-    from conftest import run_cli
+    from helpers import run_cli
 
     url = hub.storage.put("/models/affine.tar.gz", tar_directory(saved_model_dir))
     code = f"import json, tensorflow as tf, tensorflow_hub as hub; model = hub.load({url!r}); {CALL}"

@@ -21,7 +21,7 @@ import hubcache
 from hubcache.handles import cache_key
 
 from archives import fake_saved_model, fake_saved_model_files, read_tree
-from conftest import REPO, child_env, leftovers, result_of, spawn_resolver
+from helpers import REPO, child_env, leftovers, result_of, spawn_resolver
 
 SMALL = "https://tfhub.dev/google/small/1"
 BIG = "https://tfhub.dev/google/big/1"
@@ -72,7 +72,7 @@ def test_disk_full_is_a_clear_error_and_loses_nothing(env, hub, tmp_path, monkey
         assert shutil.disk_usage(cache).free >= free_before - 64 * 1024  # the partial download is gone
         import hubcache.layout as cache_module
 
-        cache_module._validated.clear()
+        cache_module.forget_all()
         assert hubcache.resolve(SMALL) == small and read_tree(small) == before
 
 
@@ -166,7 +166,7 @@ def test_cache_shared_by_two_users(env, hub, monkeypatch):
         assert stat.S_IMODE(os.stat(os.path.join(big, "saved_model.pb")).st_mode) == 0o644
         import hubcache.layout as cache_module
 
-        cache_module._validated.clear()
+        cache_module.forget_all()
         assert hubcache.resolve(BIG) == big
     finally:
         shutil.rmtree(shared, ignore_errors=True)

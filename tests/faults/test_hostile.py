@@ -14,7 +14,7 @@ import hubcache
 from hubcache.handles import cache_key
 
 from archives import Member, make_tar
-from conftest import leftovers
+from helpers import leftovers
 from test_archive import HOSTILE
 
 

@@ -42,7 +42,7 @@ from archives import (
     make_tar,
     read_tree,
 )
-from conftest import child_env, leftovers, run_cli
+from helpers import child_env, leftovers, run_cli
 
 TINY = "https://tfhub.dev/google/tiny/1"
 OTHER = "https://tfhub.dev/google/other/1"

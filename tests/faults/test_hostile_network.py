@@ -32,7 +32,7 @@ import hubcache
 from hubcache.handles import cache_key
 
 from archives import fake_saved_model, fake_saved_model_files, make_tar, read_tree
-from conftest import child_env, leftovers, result_of, run_cli, spawn_resolver
+from helpers import child_env, leftovers, result_of, run_cli, spawn_resolver
 from hubserver import Reply
 
 # ------------------------------------------------------------------ raw server

@@ -11,7 +11,7 @@ import hubcache
 from hubcache.handles import cache_key
 
 from archives import fake_saved_model, fake_saved_model_files, read_tree
-from conftest import leftovers, result_of, run_cli, spawn_resolver
+from helpers import leftovers, result_of, run_cli, spawn_resolver
 
 HANDLE = "https://tfhub.dev/google/tiny/1"
 

@@ -15,7 +15,7 @@ import hubcache
 from hubcache.handles import cache_key
 
 from archives import fake_saved_model, fake_saved_model_files, read_tree
-from conftest import leftovers
+from helpers import leftovers
 
 HANDLE = "https://tfhub.dev/google/tiny/1"
 SIZE = 400_000

@@ -8,7 +8,7 @@ import sys
 import hubcache
 
 from archives import fake_saved_model, fake_saved_model_files, read_tree
-from conftest import child_env
+from helpers import child_env
 from hubserver import HubServer, Reply
 
 HANDLE = "https://tfhub.dev/google/tiny/1"

@@ -11,7 +11,7 @@ import hubcache
 from hubcache.handles import cache_key
 
 from archives import fake_saved_model, fake_saved_model_files, read_tree
-from conftest import leftovers, result_of, spawn_resolver
+from helpers import leftovers, result_of, spawn_resolver
 
 HANDLE = "https://tfhub.dev/google/tiny/1"
 SIZE = 600_000
@@ -142,7 +142,7 @@ def test_publish_keeps_an_entry_another_process_published_meanwhile(env, hub, ca
     inode = os.stat(first).st_ino
     os.remove(first + ".hubcache.json")
     os.remove(os.path.join(first, "saved_model.pb"))  # damaged: we will download again...
-    cache_module._validated.clear()
+    cache_module.forget_all()
     real_check = cache_module.check_content
 
     def other_process_repairs_it(files, require):

@@ -10,7 +10,7 @@ import pytest
 
 import hubcache
 
-from conftest import leftovers
+from helpers import leftovers
 
 
 @pytest.fixture
