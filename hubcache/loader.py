@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Dict, Iterable, Optional, Union
 
 from .errors import ModelNotFoundError, TensorFlowNotInstalled
 from .layout import SAVED_MODEL_FILES
@@ -36,3 +36,11 @@ def load_saved_model(
             handle=handle,
         )
     return tf.saved_model.load(path, tags=tags, options=options)
+
+
+def signatures(path: str, *, handle: str) -> Dict[str, str]:
+    """The SavedModel's signatures: name -> "inputs -> outputs"."""
+    model = load_saved_model(path, handle=handle)
+    return {
+        name: f"{fn.structured_input_signature} -> {fn.structured_outputs}" for name, fn in model.signatures.items()
+    }

@@ -19,65 +19,13 @@ from ..errors import ConfigError, HubcacheError
 from ..handles import redact
 from ..inventory import Entry, find, format_size, layers
 from .arguments import download_handles, entry_handles, output_file
+from .helptext import EXPORT_EPILOG, IMPORT_EPILOG, PREFETCH_EPILOG, RESOLVE_EPILOG
 from .output import EXIT_FAILED, EXIT_OK, UsageError, count_entries, emit_json, error, say, table
 from .progress import total_bar
 
 log = logging.getLogger("hubcache.cli")
 
 _COMMENT = re.compile(r"(^|\s)#.*$")  # '#' after a space: a URL's #fragment stays
-
-PREFETCH_EPILOG = """\
-examples:
-  hubcache prefetch https://tfhub.dev/google/nnlm-en-dim128/2
-  hubcache prefetch -j 4 -f handles.txt --lock hubcache.lock
-
-A HANDLE argument must be remote: a local path there is a usage error (exit 2)
-and nothing is fetched; if it names a file, the hint is -f FILE. A malformed
-handle, or a local path read from a -f file, fails as that handle (exit 1),
-and the others are still fetched.
-
---json prints a list with one record per handle, in the order given:
-  handle      the handle as given, secrets shown as *** (a password in the
-              URL; query values such as X-Amz-Signature or token)
-  ok          true or false
-  path        its local directory, or null when it failed
-  seconds     when it finished, in seconds since the command started
-  error       on failure only: the message
-  error_type  on failure only: the exception's name (DownloadError, ...)"""
-
-RESOLVE_EPILOG = """\
-examples:
-  hubcache resolve https://tfhub.dev/google/nnlm-en-dim128/2
-  MODEL=$(hubcache resolve -q https://tfhub.dev/google/yamnet/1)
-
---json prints one record:
-  handle (as given, secrets shown as ***), ok (true or false), path (null on
-  failure), and on failure only
-  error (the message) and error_type (the exception's name)"""
-
-EXPORT_EPILOG = """\
-examples:
-  hubcache export https://tfhub.dev/google/yamnet/1 -o /mnt/usb/models.tar
-  hubcache export -f handles.txt -o models.tar
-
-Every handle must be a cached remote handle; a malformed handle or a local
-path is an error (exit 2), one that is not cached fails the command (exit 1),
-and nothing is written either way.
-
---json prints one record:
-  bundle   the file written
-  bytes    its size
-  handles  the handles it holds"""
-
-IMPORT_EPILOG = """\
-examples:
-  hubcache import /mnt/usb/models.tar
-  HUBCACHE_OFFLINE=1 hubcache import a.tar b.tar --json
-
---json prints a list: for each entry imported or already present
-  bundle, handle, ok (true), result ("imported" or "already present"),
-and for each bundle that could not be imported
-  bundle, ok (false), error (the message), error_type (the exception's name)"""
 
 
 def add_commands(command) -> None:  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 from ..api import resolve_with
 from ..cache import Cache
 from ..config import Settings, parse_size
-from ..errors import ConfigError, HubcacheError
+from ..errors import ConfigError, HubcacheError, TensorFlowNotInstalled
 from ..handles import REDACTED, redact
 from ..inventory import (
     DAMAGED,
@@ -27,7 +27,9 @@ from ..inventory import (
     scan,
     verify,
 )
+from ..loader import signatures
 from .arguments import entry_handles
+from .helptext import INFO_EPILOG, LS_EPILOG, PRUNE_EPILOG, RM_EPILOG, VERIFY_EPILOG
 from .output import (
     EXIT_FAILED,
     EXIT_OK,
@@ -65,90 +67,6 @@ ENTRY_FIELDS = (
     "sha256",
     "readonly",
 )
-_ENTRY_FIELDS_HELP = """\
-  handle      the handle it was fetched under, secrets shown as *** (null if
-              unknown)
-  key         the SHA-1 of the handle: the entry's directory name
-  path        its directory
-  state       ok, foreign (made by tensorflow_hub), damaged, or incomplete
-              (a download's leftovers)
-  problem     what is wrong (damaged, incomplete), else null
-  size        bytes on disk
-  files       number of files
-  fetched_at  when it was fetched (ISO 8601, UTC), or null
-  last_used   when it was last resolved (to the hour), or null
-  source_url  where it was downloaded from (signatures removed), or null
-  sha256      the SHA-256 of its archive, or null
-  readonly    true for an entry of a HUBCACHE_READONLY_DIRS cache"""
-
-LS_EPILOG = f"""\
-examples:
-  hubcache ls --sort size --limit 10
-  hubcache ls -q --filter yamnet | xargs hubcache rm -y
-
--q (before or after ls) prints only the handles of the entries listed, one
-a line, each once; entries without a known handle are left out. --json wins
-over -q.
-
---json prints {{"cache_dir": ..., "entries": [...]}}, each entry with:
-{_ENTRY_FIELDS_HELP}"""
-
-INFO_EPILOG = f"""\
-examples:
-  hubcache info https://tfhub.dev/google/yamnet/1
-  hubcache info --signatures --json https://tfhub.dev/google/yamnet/1
-
-Exits 1 if the handle is not cached or its entry is not usable (damaged).
-
---json prints one record with:
-{_ENTRY_FIELDS_HELP}
-  signatures  with --signatures only: {{name: "inputs -> outputs"}}"""
-
-_REMOVAL_FIELDS_HELP = """\
-  handle, key, path, size (bytes on disk), reason (why it is removed)"""
-
-# What rm and prune share: quiet mode and their JSON.
-_PLAN_HELP = f"""\
--q prints the plan only when asking or with --dry-run, and no "removed" line.
-
---json (which needs -y or --dry-run) prints
-  with --dry-run: {{"dry_run": true, "plan": [removal, ...]}}
-  else:           {{"removed": [removal, ...], "skipped": [removal, ...],
-                   "freed": bytes}}  (skipped: in use, left in place)
-with each removal:
-{_REMOVAL_FIELDS_HELP}"""
-
-RM_EPILOG = f"""\
-examples:
-  hubcache rm --dry-run https://tfhub.dev/google/yamnet/1
-  hubcache ls -q --filter tfhub.dev/google | xargs hubcache rm -y
-
-Every handle is checked first: a malformed handle or a local path is an error
-(exit 2) and nothing is removed. A handle that is not cached is reported and
-makes the exit code 1; the others are still removed.
-{_PLAN_HELP}"""
-
-PRUNE_EPILOG = f"""\
-examples:
-  hubcache prune --older-than 30d --dry-run
-  hubcache prune --max-size 20G --damaged --temp -y
-
-AGE needs a unit: s, m, h, d or w (30d, 12h); SIZE takes K, M, G or T (20G).
-{_PLAN_HELP}"""
-
-VERIFY_EPILOG = """\
-examples:
-  hubcache verify
-  hubcache verify --repair https://tfhub.dev/google/yamnet/1
-
-A malformed handle or a local path is an error (exit 2); a handle that is not
-cached, or an entry still damaged at the end, exits 1.
-
---json prints a list, one record per entry checked:
-  handle   its handle (null if unknown)
-  path     its directory
-  result   "ok", "damaged", "repaired", or "damaged (... not repaired)" saying why
-  problem  what was found wrong, or null"""
 
 
 def add_commands(command) -> None:  # type: ignore[no-untyped-def]
@@ -272,7 +190,7 @@ def _info(args: argparse.Namespace, settings: Settings) -> int:
     data = entry_json(entry)
     if args.signatures:
         try:
-            data["signatures"] = _signatures(entry.path)
+            data["signatures"] = _signatures(entry.path, _name(entry))
         except Exception as e:  # TensorFlow's errors are many and long: the first line says it
             first = (str(e).strip().splitlines() or [""])[0]
             error(f"{_name(entry)}: TensorFlow cannot load {entry.path}: {type(e).__name__}: {first}")
@@ -300,16 +218,11 @@ def _info(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if entry.usable else EXIT_FAILED
 
 
-def _signatures(path: str) -> Dict[str, str]:
+def _signatures(path: str, handle: str) -> Dict[str, str]:
     try:
-        import tensorflow as tf
-    except ImportError:
+        return signatures(path, handle=handle)
+    except TensorFlowNotInstalled:
         return {"(TensorFlow is not installed)": ""}
-    model = tf.saved_model.load(path)
-    return {
-        name: str(fn.structured_input_signature) + " -> " + str(fn.structured_outputs)
-        for name, fn in model.signatures.items()
-    }
 
 
 def _locate(handle: str, settings: Settings) -> Optional[Entry]:
