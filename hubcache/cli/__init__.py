@@ -27,8 +27,10 @@ from .output import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     BarSafeHandler,
+    Result,
     UsageError,
     error,
+    render,
 )
 
 MAIN_EPILOG = """\
@@ -111,12 +113,13 @@ def _run(argv: Optional[Sequence[str]], flags: argparse.Namespace) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     _setup_logging(args.verbose, args.quiet)
-    if not args.needs_settings:
-        return int(args.run(args, None))
-    from ..config import load_settings
+    settings = None
+    if args.needs_settings:
+        from ..config import load_settings
 
-    settings = load_settings(cache_dir=args.cache_dir, progress=False if args.quiet else None)
-    return int(args.run(args, settings))
+        settings = load_settings(cache_dir=args.cache_dir, progress=False if args.quiet else None)
+    outcome = args.run(args, settings)
+    return render(outcome, args.json) if isinstance(outcome, Result) else int(outcome)
 
 
 def _parser() -> argparse.ArgumentParser:

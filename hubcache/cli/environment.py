@@ -17,7 +17,7 @@ from ..config import SETTING_VARIABLES, kaggle_credentials, load_settings
 from ..errors import ConfigError
 from ..handles import redact
 from ..inventory import format_size
-from .output import EXIT_FAILED, EXIT_OK, emit_json, error, say, table
+from .output import EXIT_FAILED, Result, table
 
 ENV_EPILOG = """\
 examples:
@@ -55,33 +55,27 @@ def add_commands(command) -> None:  # type: ignore[no-untyped-def]
     )
 
 
-def run(args: argparse.Namespace, settings: None = None) -> int:
+def run(args: argparse.Namespace, settings: None = None) -> Result:
     rows = setting_rows(os.environ, args.cache_dir)
     kaggle = _kaggle(os.environ)
     versions = _versions()
     bad = sum(r["error"] is not None for r in rows) + (kaggle["error"] is not None)
-    if args.json:
-        emit_json({"versions": versions, "settings": rows, "kaggle_credentials": kaggle})
+    width = max(map(len, versions))
+    lines = [f"{name:{width}}  {version or 'not installed'}" for name, version in versions.items()]
+    cells = [(r["variable"], r["source"], r["text"] if r["error"] is None else f"INVALID: {r['error']}") for r in rows]
+    lines += ["", table(("VARIABLE", "FROM", "VALUE"), cells)]
+    if kaggle["error"]:
+        lines.append(f"Kaggle credentials: INVALID: {kaggle['error']}")
+    elif kaggle["source"]:
+        lines.append(f"Kaggle credentials: from {kaggle['source']} (not shown)")
     else:
-        width = max(map(len, versions))
-        lines = [f"{name:{width}}  {version or 'not installed'}" for name, version in versions.items()]
-        cells = [
-            (r["variable"], r["source"], r["text"] if r["error"] is None else f"INVALID: {r['error']}") for r in rows
-        ]
-        lines += ["", table(("VARIABLE", "FROM", "VALUE"), cells)]
-        if kaggle["error"]:
-            lines.append(f"Kaggle credentials: INVALID: {kaggle['error']}")
-        elif kaggle["source"]:
-            lines.append(f"Kaggle credentials: from {kaggle['source']} (not shown)")
-        else:
-            lines.append(f"Kaggle credentials: none (looked in {_kaggle_places(os.environ)})")
-        say("\n".join(lines))
-    if bad:
-        error(
-            f"{bad} invalid setting{'s' if bad > 1 else ''} (shown above): fix or unset {'them' if bad > 1 else 'it'}"
-        )
-        return EXIT_FAILED
-    return EXIT_OK
+        lines.append(f"Kaggle credentials: none (looked in {_kaggle_places(os.environ)})")
+    data = {"versions": versions, "settings": rows, "kaggle_credentials": kaggle}
+    if not bad:
+        return Result(data, "\n".join(lines))
+    them = "them" if bad > 1 else "it"
+    notes = [f"{bad} invalid setting{'s' if bad > 1 else ''} (shown above): fix or unset {them}"]
+    return Result(data, "\n".join(lines), EXIT_FAILED, notes)
 
 
 def setting_rows(environ: Mapping[str, str], cache_dir_argument: Optional[str]) -> List[Dict[str, Any]]:

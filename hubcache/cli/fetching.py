@@ -12,7 +12,6 @@ import time
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..api import entry_metadata, iter_prefetch, resolve_with
-from ..archive import Limits
 from ..cache import Cache, write_atomic
 from ..config import Settings
 from ..errors import ConfigError, HubcacheError
@@ -20,7 +19,7 @@ from ..handles import redact
 from ..inventory import Entry, find, format_size, layers
 from .arguments import download_handles, entry_handles, output_file
 from .helptext import EXPORT_EPILOG, IMPORT_EPILOG, PREFETCH_EPILOG, RESOLVE_EPILOG
-from .output import EXIT_FAILED, EXIT_OK, UsageError, count_entries, emit_json, error, say, table
+from .output import EXIT_FAILED, EXIT_OK, Result, UsageError, count_entries, error, say, table
 from .progress import total_bar
 
 log = logging.getLogger("hubcache.cli")
@@ -136,7 +135,7 @@ def gather_handles(args: argparse.Namespace) -> Tuple[Dict[str, Optional[str]], 
     return pins, sizes
 
 
-def _prefetch(args: argparse.Namespace, settings: Settings) -> int:
+def _prefetch(args: argparse.Namespace, settings: Settings) -> Result:
     download_handles(args.handles)
     pins, sizes = gather_handles(args)
     if not pins:
@@ -177,34 +176,25 @@ def _prefetch(args: argparse.Namespace, settings: Settings) -> int:
             bar.close()
     ordered = [results[h] for h in pins]
     failed = sum(not r["ok"] for r in ordered)
-    if args.json:
-        emit_json(ordered)
-    elif len(ordered) > 1 and not args.quiet:
+    if len(ordered) > 1 and not args.quiet and not args.json:
         _summary(list(pins), ordered, settings)
-    if failed:
-        error(f"{failed} of {len(ordered)} handles failed")
+    notes = [f"{failed} of {len(ordered)} handles failed"] if failed else []
     for option, write in ((args.lock, _write_lock), (args.bundle, _write_bundle)):
         if option:
             if failed:
-                error(f"{option} not written, since handles failed")
+                notes.append(f"{option} not written, since handles failed")
             else:
                 write(option, list(pins), settings, args.quiet)
-    return EXIT_FAILED if failed else EXIT_OK
+    return Result(ordered, None, EXIT_FAILED if failed else EXIT_OK, notes)
 
 
-def _resolve(args: argparse.Namespace, settings: Settings) -> int:
-    outcome: Union[str, HubcacheError]
+def _resolve(args: argparse.Namespace, settings: Settings) -> Result:
     try:
-        outcome = resolve_with(args.handle, settings, args.sha256)
+        path = resolve_with(args.handle, settings, args.sha256)
     except HubcacheError as e:
-        outcome = e
         log.debug("%s failed", redact(args.handle), exc_info=e)
-        error(str(e))
-    if args.json:
-        emit_json(record(args.handle, outcome))
-    elif isinstance(outcome, str):
-        say(outcome)
-    return EXIT_FAILED if isinstance(outcome, HubcacheError) else EXIT_OK
+        return Result(record(args.handle, e), None, EXIT_FAILED, [str(e)])
+    return Result(record(args.handle, path), path)
 
 
 def record(handle: str, outcome: Union[str, HubcacheError]) -> Dict[str, Any]:
@@ -280,7 +270,7 @@ def _find_entries(handles: List[str], settings: Settings) -> Union[str, List[Tup
     return found
 
 
-def _export(args: argparse.Namespace, settings: Settings) -> int:
+def _export(args: argparse.Namespace, settings: Settings) -> Result:
     handles = list(gather_handles(args)[0])
     if not handles:
         raise UsageError("export: no handles given (pass HANDLE... or -f FILE)")
@@ -288,28 +278,25 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
     output_file(args.output, "-o")
     found = _find_entries(handles, settings)
     if isinstance(found, str):
-        error(f"nothing written: {found}")
-        return EXIT_FAILED
+        return Result(code=EXIT_FAILED, notes=[f"nothing written: {found}"])
     from ..bundle import export_bundle
 
     try:
         manifest = export_bundle(found, args.output)
     except OSError as e:
-        error(f"nothing written: cannot write {args.output} ({e.strerror or e})")
-        return EXIT_FAILED
+        return Result(code=EXIT_FAILED, notes=[f"nothing written: cannot write {args.output} ({e.strerror or e})"])
     size = os.path.getsize(args.output)
-    if args.json:
-        emit_json({"bundle": args.output, "bytes": size, "handles": [e["handle"] for e in manifest["entries"]]})
-    elif not args.quiet:
-        say(f"wrote {args.output}: {count_entries(len(found))}, {format_size(size)}")
-    return EXIT_OK
+    data = {"bundle": args.output, "bytes": size, "handles": [e["handle"] for e in manifest["entries"]]}
+    return Result(
+        data, None if args.quiet else f"wrote {args.output}: {count_entries(len(found))}, {format_size(size)}"
+    )
 
 
-def _import(args: argparse.Namespace, settings: Settings) -> int:
+def _import(args: argparse.Namespace, settings: Settings) -> Result:
     from ..bundle import import_bundle
 
     cache = Cache(settings.cache_dir)
-    limits = Limits(settings.max_size, settings.max_files, settings.max_ratio)
+    limits = settings.limits()
     results, failed = [], 0
     for bundle in args.bundles:
         try:
@@ -323,6 +310,4 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
             results.append({"bundle": bundle, "ok": False, "error": message, "error_type": type(e).__name__})
             log.debug("%s failed", bundle, exc_info=e)
             error(f"{bundle}: {message}")
-    if args.json:
-        emit_json(results)
-    return EXIT_FAILED if failed else EXIT_OK
+    return Result(results, None, EXIT_FAILED if failed else EXIT_OK)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from ..api import resolve_with
 from ..cache import Cache
@@ -34,10 +34,10 @@ from .output import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    Result,
     UsageError,
     confirm,
     count_entries,
-    emit_json,
     error,
     say,
     table,
@@ -137,7 +137,7 @@ def entry_json(entry: Entry) -> Dict[str, Any]:
     return {name: data.get(name) for name in ENTRY_FIELDS}
 
 
-def _ls(args: argparse.Namespace, settings: Settings) -> int:
+def _ls(args: argparse.Namespace, settings: Settings) -> Result:
     if args.limit is not None and args.limit < 0:
         raise UsageError("ls: --limit takes a number of at least 0")
     every = [e for cache, ro in layers(settings) for e in scan(cache, ro)]
@@ -145,16 +145,12 @@ def _ls(args: argparse.Namespace, settings: Settings) -> int:
     entries.sort(key=SORT_KEYS[args.sort])
     if args.limit is not None:
         entries = entries[: args.limit]
-    if args.json:
-        emit_json({"cache_dir": settings.cache_dir, "entries": [entry_json(e) for e in entries]})
-        return EXIT_OK
+    data = {"cache_dir": settings.cache_dir, "entries": [entry_json(e) for e in entries]}
     if args.quiet:  # handles only, for scripts
-        for handle in dict.fromkeys(e.handle for e in entries if e.handle):
-            say(handle)
-        return EXIT_OK
+        return Result(data, "\n".join(dict.fromkeys(e.handle for e in entries if e.handle)))
     if not entries:
-        say(f"{settings.cache_dir}: empty" if not every else f"no entry of the {len(every)} in the cache matches")
-        return EXIT_OK
+        none = f"no entry of the {len(every)} in the cache matches"
+        return Result(data, none if every else f"{settings.cache_dir}: empty")
     layered = bool(settings.readonly_dirs)
     rows = []
     for e in entries:
@@ -162,14 +158,13 @@ def _ls(args: argparse.Namespace, settings: Settings) -> int:
         row = [_name(e), format_size(e.size), str(e.files), when(e.fetched_at), when(e.last_used), state]
         rows.append(row + ([os.path.dirname(e.path)] if layered else []))
     headers = ["HANDLE", "SIZE", "FILES", "FETCHED", "LAST USED", "STATE"] + (["CACHE"] if layered else [])
-    say(table(headers, rows, right=(1, 2)))
     counts = {s: sum(e.state == s for e in entries) for s in sorted({e.state for e in entries})}
     detail = ", ".join(f"{n} {s}" for s, n in counts.items())
     count = (
         count_entries(len(entries)) if len(entries) == len(every) else f"{len(entries)} of {count_entries(len(every))}"
     )
-    say(f"{count} ({detail}), {format_size(sum(e.size for e in entries))} on disk")
-    return EXIT_OK
+    total = f"{count} ({detail}), {format_size(sum(e.size for e in entries))} on disk"
+    return Result(data, table(headers, rows, right=(1, 2)) + "\n" + total)
 
 
 def _matches(entry: Entry, text: Optional[str], states: Optional[List[str]]) -> bool:
@@ -181,7 +176,7 @@ def _matches(entry: Entry, text: Optional[str], states: Optional[List[str]]) -> 
     return True
 
 
-def _info(args: argparse.Namespace, settings: Settings) -> int:
+def _info(args: argparse.Namespace, settings: Settings) -> Union[int, Result]:
     entry_handles("info", [args.handle])
     entry = _locate(args.handle, settings)
     if entry is None:
@@ -195,27 +190,23 @@ def _info(args: argparse.Namespace, settings: Settings) -> int:
             first = (str(e).strip().splitlines() or [""])[0]
             error(f"{_name(entry)}: TensorFlow cannot load {entry.path}: {type(e).__name__}: {first}")
             return EXIT_FAILED
-    if args.json:
-        emit_json(data)
-    else:
-        labels = [
-            ("handle", "handle"),
-            ("directory", "path"),
-            ("state", "state"),
-            ("problem", "problem"),
-            ("source", "source_url"),
-            ("sha256", "sha256"),
-            ("files", "files"),
-            ("fetched", "fetched_at"),
-            ("last used", "last_used"),
-        ]
-        lines = [f"{label + ':':11}{data[key]}" for label, key in labels if data.get(key) is not None]
-        lines.append(f"{'size:':11}{format_size(entry.size)} on disk")
-        if entry.readonly:
-            lines.append(f"{'layer:':11}read-only ({os.path.dirname(entry.path)})")
-        lines += [f"{'signature:':11}{name}{spec}" for name, spec in (data.get("signatures") or {}).items()]
-        say("\n".join(lines))
-    return EXIT_OK if entry.usable else EXIT_FAILED
+    labels = [
+        ("handle", "handle"),
+        ("directory", "path"),
+        ("state", "state"),
+        ("problem", "problem"),
+        ("source", "source_url"),
+        ("sha256", "sha256"),
+        ("files", "files"),
+        ("fetched", "fetched_at"),
+        ("last used", "last_used"),
+    ]
+    lines = [f"{label + ':':11}{data[key]}" for label, key in labels if data.get(key) is not None]
+    lines.append(f"{'size:':11}{format_size(entry.size)} on disk")
+    if entry.readonly:
+        lines.append(f"{'layer:':11}read-only ({os.path.dirname(entry.path)})")
+    lines += [f"{'signature:':11}{name}{spec}" for name, spec in (data.get("signatures") or {}).items()]
+    return Result(data, "\n".join(lines), EXIT_OK if entry.usable else EXIT_FAILED)
 
 
 def _signatures(path: str, handle: str) -> Dict[str, str]:
@@ -233,7 +224,7 @@ def _locate(handle: str, settings: Settings) -> Optional[Entry]:
     return None
 
 
-def _rm(args: argparse.Namespace, settings: Settings) -> int:
+def _rm(args: argparse.Namespace, settings: Settings) -> Union[int, Result]:
     entry_handles("rm", args.handles)  # all of them before removing any
     cache = Cache(settings.cache_dir)
     plan, missing = [], []
@@ -243,13 +234,16 @@ def _rm(args: argparse.Namespace, settings: Settings) -> int:
             missing.append(handle)
         else:
             plan.append(Removal(entry, "asked for"))
-    for handle in missing:
-        error(f"{redact(handle)} is not in the cache at {settings.cache_dir}")
-    status = _carry_out(plan, cache, args)
-    return EXIT_FAILED if missing and status == EXIT_OK else status
+    result = _carry_out(plan, cache, args)
+    if isinstance(result, int):
+        return result
+    result.notes[:0] = [f"{redact(handle)} is not in the cache at {settings.cache_dir}" for handle in missing]
+    if missing and result.code == EXIT_OK:
+        result.code = EXIT_FAILED
+    return result
 
 
-def _prune(args: argparse.Namespace, settings: Settings) -> int:
+def _prune(args: argparse.Namespace, settings: Settings) -> Union[int, Result]:
     if not (args.older_than or args.max_size or args.damaged or args.temp):
         raise UsageError("prune: say what to remove: --older-than AGE, --max-size SIZE, --damaged and/or --temp")
     older = max_size = None
@@ -268,48 +262,41 @@ def _prune(args: argparse.Namespace, settings: Settings) -> int:
     return _carry_out(plan, cache, args)
 
 
-def _carry_out(plan: List[Removal], cache: Cache, args: argparse.Namespace) -> int:
-    """Print the plan, confirm, remove; report what was removed or skipped."""
+def _carry_out(plan: List[Removal], cache: Cache, args: argparse.Namespace) -> Union[int, Result]:
+    """Show the plan, confirm, remove; report what was removed or skipped."""
     freed = sum(r.entry.size for r in plan)
     if args.json and not (args.dry_run or args.yes) and plan:
         raise UsageError("--json removes nothing without -y (or use --dry-run)")
-    # -q: the plan is shown only where it is the answer (--dry-run) or a question follows.
-    show = not args.json and (not args.quiet or args.dry_run or not args.yes)
-    if show:
-        if not plan:
-            say("nothing to remove")
-        else:
-            rows = [(_name(r.entry), format_size(r.entry.size), r.reason) for r in plan]
-            say(table(("HANDLE", "SIZE", "WHY"), rows, right=(1,)))
-            say(f"{len(plan)} to remove, {format_size(freed)}")
-    if args.dry_run:
-        if args.json:
-            emit_json({"dry_run": True, "plan": [_removal_json(r) for r in plan]})
-        return EXIT_OK
-    if plan and not args.json:
-        go = confirm(f"Remove {count_entries(len(plan))} ({format_size(freed)})?", yes=args.yes)
-        if go is None:
-            return EXIT_USAGE
-        if not go:
-            say("nothing removed")
-            return EXIT_OK
+    shown = "nothing to remove"
+    if plan:
+        rows = [(_name(r.entry), format_size(r.entry.size), r.reason) for r in plan]
+        shown = table(("HANDLE", "SIZE", "WHY"), rows, right=(1,)) + f"\n{len(plan)} to remove, {format_size(freed)}"
+    if args.dry_run:  # the plan is the answer, -q or not
+        return Result({"dry_run": True, "plan": [_removal_json(r) for r in plan]}, shown)
+    if not args.json:
+        if not args.quiet or not args.yes:  # -q shows the plan only before a question
+            say(shown)
+        if plan:
+            go = confirm(f"Remove {count_entries(len(plan))} ({format_size(freed)})?", yes=args.yes)
+            if go is None:
+                return EXIT_USAGE
+            if not go:
+                return Result(text="nothing removed")
     removed: List[Removal] = []
     skipped: List[Removal] = []
     for r in plan:
         (removed if _remove(r.entry, cache) else skipped).append(r)
-    for r in skipped:
-        error(f"{_name(r.entry)} is in use (being downloaded or loaded): left in place")
-    if args.json:
-        emit_json(
-            {
-                "removed": [_removal_json(r) for r in removed],
-                "skipped": [_removal_json(r) for r in skipped],
-                "freed": sum(r.entry.size for r in removed),
-            }
-        )
-    elif plan and not args.quiet:
-        say(f"removed {len(removed)}, freed {format_size(sum(r.entry.size for r in removed))}")
-    return EXIT_FAILED if skipped else EXIT_OK
+    gone = sum(r.entry.size for r in removed)
+    return Result(
+        {
+            "removed": [_removal_json(r) for r in removed],
+            "skipped": [_removal_json(r) for r in skipped],
+            "freed": gone,
+        },
+        f"removed {len(removed)}, freed {format_size(gone)}" if plan and not args.quiet else None,
+        EXIT_FAILED if skipped else EXIT_OK,
+        [f"{_name(r.entry)} is in use (being downloaded or loaded): left in place" for r in skipped],
+    )
 
 
 def _remove(entry: Entry, cache: Cache) -> bool:
@@ -328,7 +315,7 @@ def _removal_json(r: Removal) -> Dict[str, Any]:
     }
 
 
-def _verify(args: argparse.Namespace, settings: Settings) -> int:
+def _verify(args: argparse.Namespace, settings: Settings) -> Union[int, Result]:
     if args.handles:
         entry_handles("verify", args.handles)
         targets = []
@@ -348,17 +335,12 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
         if problem and args.repair:
             outcome = _repair(entry, cache, settings)
         results.append({"handle": entry.handle, "path": entry.path, "result": outcome, "problem": problem})
-        if not args.json:
+        if not args.json:  # as it goes: a verify of a large cache takes a while
             say(f"{_name(entry)}: {outcome}" + (f" ({problem})" if problem else ""))
-    if args.json:
-        emit_json(results)
     bad = sum(r["result"] not in ("ok", "repaired") for r in results)
-    if bad:
-        error(
-            f"{bad} of {count_entries(len(results))} damaged"
-            + ("" if args.repair else ": --repair downloads them again")
-        )
-    return EXIT_FAILED if bad else EXIT_OK
+    advice = "" if args.repair else ": --repair downloads them again"
+    notes = [f"{bad} of {count_entries(len(results))} damaged{advice}"] if bad else []
+    return Result(results, None, EXIT_FAILED if bad else EXIT_OK, notes)
 
 
 def _repair(entry: Entry, cache: Cache, settings: Settings) -> str:

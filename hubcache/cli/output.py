@@ -10,7 +10,8 @@ import datetime
 import json
 import logging
 import sys
-from typing import Any, Optional, Sequence, TextIO
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence, TextIO
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: Ctrl-C: 128 + SIGINT, what a shell reports for a program killed by it.
@@ -18,6 +19,30 @@ EXIT_INTERRUPTED = 130
 #: stdout closed early (``hubcache ls | head -1``): 128 + SIGPIPE, what a shell
 #: reports for a program killed by SIGPIPE, as C programs are.
 EXIT_BROKEN_PIPE = 141
+
+
+@dataclass
+class Result:
+    """What a command returns: ``data`` for ``--json``, ``text`` otherwise
+    (None: nothing to print), its exit code, and ``notes`` for stderr after the
+    output (failures, warnings). :func:`render` prints it."""
+
+    data: Any = None
+    text: Optional[str] = None
+    code: int = EXIT_OK
+    notes: List[str] = field(default_factory=list)
+
+
+def render(result: Result, as_json: bool) -> int:
+    """Print ``result`` as JSON or as text; return its exit code."""
+    if as_json:
+        if result.data is not None:
+            emit_json(result.data)
+    elif result.text:
+        say(result.text)
+    for note in result.notes:
+        error(note)
+    return result.code
 
 
 class UsageError(Exception):
