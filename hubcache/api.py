@@ -71,11 +71,9 @@ def _cached(raw: str, cache_dir: "Optional[str]") -> "Optional[str]":
         _parsed[raw] = handle
     if not handle.is_remote:
         return None
-    env = os.environ
-    load_format = env.get("TFHUB_MODEL_LOAD_FORMAT")
-    if load_format and load_format.strip().upper() not in ("COMPRESSED", "AUTO"):
-        return None  # UNCOMPRESSED, or a typo that deserves its error
-    configured = layout.configured_root(cache_dir, env)
+    configured = layout.warm_root(cache_dir)
+    if configured is None:
+        return None
     root = _roots.get(configured)
     if root is None:
         root = layout.cache_root(configured or None)

@@ -1,6 +1,8 @@
 """Settings, read from the environment at call time.
 
-This is the only module that reads ``os.environ``. Every setting has an
+This is the only module that reads ``os.environ``, apart from
+:func:`hubcache.layout.warm_root`: the warm path (a cache hit) reads just the
+two variables that locate the cache, without importing this module. Every setting has an
 environment variable, a default, and a line in the README's configuration
 table. ``TFHUB_*`` variables keep the meaning ``tensorflow_hub`` gives them;
 hubcache's own are prefixed ``HUBCACHE_``.

@@ -68,6 +68,18 @@ def configured_root(override: "Optional[str]", environ: "Any") -> str:
     return ""
 
 
+def warm_root(cache_dir: "Optional[str]") -> "Optional[str]":
+    """What the warm path (a cache hit: no lock, no download, no import of
+    :mod:`hubcache.config`) takes from the environment: the cache root as
+    configured, or None when ``TFHUB_MODEL_LOAD_FORMAT`` asks for what only the
+    full path answers (UNCOMPRESSED, or a typo that deserves its error). Other
+    settings are read, and checked, by config at the next download."""
+    load_format = os.environ.get("TFHUB_MODEL_LOAD_FORMAT")
+    if load_format and load_format.strip().upper() not in ("COMPRESSED", "AUTO"):
+        return None
+    return configured_root(cache_dir, os.environ)
+
+
 def cache_root(configured: "Optional[str]") -> str:
     """The absolute cache root: ``configured``, else platformdirs' user cache dir."""
     if not configured:
