@@ -111,7 +111,7 @@ def import_bundle(cache: Cache, bundle: str, *, lock_timeout: float, limits: Lim
 def _read_manifest(staging: str, bundle: str) -> Dict[str, Any]:
     try:
         with open(os.path.join(staging, MANIFEST), encoding="utf-8") as f:
-            manifest = json.load(f)
+            manifest: Dict[str, Any] = json.load(f)
         valid = manifest["format"] == BUNDLE_FORMAT and isinstance(manifest["entries"], list)
         valid = valid and all(_valid_item(item) for item in manifest["entries"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError, HubcacheError):
@@ -122,7 +122,7 @@ def _read_manifest(staging: str, bundle: str) -> Dict[str, Any]:
             "`hubcache export HANDLE... -o FILE`.",
             handle=bundle,
         )
-    return manifest  # type: ignore[no-any-return]
+    return manifest
 
 
 def _valid_item(item: Dict[str, Any]) -> bool:

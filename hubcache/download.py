@@ -375,7 +375,7 @@ class _NoBar:
         pass
 
 
-def _progress_bar(total: Optional[int], handle: str, settings: Settings):  # type: ignore[no-untyped-def]
+def _progress_bar(total: Optional[int], handle: str, settings: Settings) -> Any:
     if not settings.show_progress():
         return _NoBar()
     from tqdm import tqdm

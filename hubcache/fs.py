@@ -14,7 +14,7 @@ import stat
 from typing import Iterator, List, Set, Tuple
 
 
-def walk(root: str) -> Iterator[Tuple[str, os.DirEntry]]:  # type: ignore[type-arg]
+def walk(root: str) -> Iterator[Tuple[str, os.DirEntry[str]]]:
     """(path relative to ``root`` with ``/`` separators, entry) for everything
     under ``root``, parents before children, names sorted; symlinks are
     reported, not followed. Unreadable directories are skipped."""

@@ -25,7 +25,7 @@ import re
 import socket
 import threading
 import time
-from typing import Dict, FrozenSet, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, Optional, Tuple
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 import requests
@@ -149,7 +149,7 @@ def _deadlined(cls: type) -> type:
     like a dropped connection (retried, counted)."""
 
     class Deadlined(cls):  # type: ignore[misc]
-        def getresponse(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        def getresponse(self, *args: Any, **kwargs: Any) -> Any:
             sock: Optional[socket.socket] = getattr(self, "sock", None)
             read_timeout = sock.gettimeout() if sock is not None else None
             if sock is None or not read_timeout:
@@ -190,11 +190,11 @@ _POOLS = {"http": _Pool, "https": _TLSPool}
 class _Adapter(HTTPAdapter):
     """requests' adapter with connections that bound the wait for headers."""
 
-    def init_poolmanager(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = _POOLS
 
-    def proxy_manager_for(self, proxy, **kwargs):  # type: ignore[no-untyped-def]
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **kwargs)
         if isinstance(manager, urllib3.ProxyManager):  # not SOCKS, which has pools of its own
             manager.pool_classes_by_scheme = _POOLS
@@ -216,7 +216,7 @@ class _Session(requests.Session):
     body drips, or never ends, would hang or fill memory. hubcache follows
     redirects in :meth:`Transport._follow` and never reads their bodies."""
 
-    def resolve_redirects(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def resolve_redirects(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
         return iter(())
 
 

@@ -7,12 +7,17 @@ written: ``hubcache rm -y <cached> ./typo`` removes nothing.
 
 from __future__ import annotations
 
+import argparse
 import os
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..errors import HandleError
 from ..handles import parse, redact
 from .output import UsageError
+
+#: What a module's ``add_commands`` is given: it adds a subcommand (name, handler,
+#: help, description, epilog[, needs_settings]) and returns its parser.
+Command = Callable[..., argparse.ArgumentParser]
 
 
 def entry_handles(command: str, handles: Iterable[str]) -> None:

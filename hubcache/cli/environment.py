@@ -17,6 +17,7 @@ from ..config import SETTING_VARIABLES, kaggle_credentials, load_settings
 from ..errors import ConfigError
 from ..handles import redact
 from ..inventory import format_size
+from .arguments import Command
 from .output import EXIT_FAILED, Result, table
 
 ENV_EPILOG = """\
@@ -44,7 +45,7 @@ _PACKAGES = ("requests", "urllib3", "filelock", "tqdm", "tensorflow")
 _SECONDS = frozenset({"timeout", "lock_timeout", "backoff", "min_rate_window"})
 
 
-def add_commands(command) -> None:  # type: ignore[no-untyped-def]
+def add_commands(command: Command) -> None:
     command(
         "env",
         run,

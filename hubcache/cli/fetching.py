@@ -17,7 +17,7 @@ from ..config import Settings
 from ..errors import ConfigError, HubcacheError
 from ..handles import redact
 from ..inventory import Entry, find, format_size, layers
-from .arguments import download_handles, entry_handles, output_file
+from .arguments import Command, download_handles, entry_handles, output_file
 from .helptext import EXPORT_EPILOG, IMPORT_EPILOG, PREFETCH_EPILOG, RESOLVE_EPILOG
 from .output import EXIT_FAILED, EXIT_OK, Result, UsageError, count_entries, error, say, table
 from .progress import total_bar
@@ -27,7 +27,7 @@ log = logging.getLogger("hubcache.cli")
 _COMMENT = re.compile(r"(^|\s)#.*$")  # '#' after a space: a URL's #fragment stays
 
 
-def add_commands(command) -> None:  # type: ignore[no-untyped-def]
+def add_commands(command: Command) -> None:
     p = command(
         "prefetch",
         _prefetch,

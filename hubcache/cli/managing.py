@@ -28,7 +28,7 @@ from ..inventory import (
     verify,
 )
 from ..loader import signatures
-from .arguments import entry_handles
+from .arguments import Command, entry_handles
 from .helptext import INFO_EPILOG, LS_EPILOG, PRUNE_EPILOG, RM_EPILOG, VERIFY_EPILOG
 from .output import (
     EXIT_FAILED,
@@ -69,7 +69,7 @@ ENTRY_FIELDS = (
 )
 
 
-def add_commands(command) -> None:  # type: ignore[no-untyped-def]
+def add_commands(command: Command) -> None:
     p = command(
         "ls",
         _ls,

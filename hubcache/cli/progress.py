@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from ..cache import Cache
 from ..config import Settings
@@ -47,7 +47,7 @@ class TotalBar:
     """One tqdm bar over all downloads; :meth:`hook` is the settings'
     ``progress_hook``, called from the download threads."""
 
-    def __init__(self, bar, expected: int, known_total: Optional[int]) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, bar: Any, expected: int, known_total: Optional[int]) -> None:
         self._bar = bar
         self._lock = threading.Lock()
         self._expected = expected
