@@ -69,7 +69,7 @@ def _cached(raw: str, cache_dir: "Optional[str]") -> "Optional[str]":
         if len(_parsed) > 4096:
             _parsed.clear()
         _parsed[raw] = handle
-    if not handle.is_remote:
+    if not handle.cache_key:  # a local path, or a Kaggle handle asking for the latest
         return None
     configured = layout.warm_root(cache_dir)
     if configured is None:
@@ -243,13 +243,19 @@ def _prefetch_one(raw: str, settings: "Settings", sha256: "Optional[str]") -> "U
 def resolve_with(raw: str, settings: "Settings", sha256: "Optional[str]" = None) -> str:
     """:func:`resolve` with explicit settings."""
     from .errors import ConfigError
-    from .resolvers import ArchivePlan, LocalPlan, plan
+    from .resolvers import ArchivePlan, LatestPlan, LocalPlan, plan
 
     shown = _handles.redact(raw)  # what messages, logs and the metadata may show
     if sha256 is not None and not (len(sha256) == 64 and set(sha256) <= _HEX):
         raise ConfigError(f"the SHA-256 given for {shown} is not 64 hex digits: {sha256!r}.", handle=shown)
     handle = _handles.parse(raw)
     how = plan(handle, settings)
+    if isinstance(how, LatestPlan):  # ask which version, then fetch that one's entry
+        from .latest import resolve_latest
+
+        handle = resolve_latest(handle, how, settings)[0]
+        shown = handle.shown
+        how = plan(handle, settings)
     if isinstance(how, ArchivePlan):
         return _from_archive(how, handle, shown, settings, sha256)
     if sha256 is not None:
@@ -260,7 +266,9 @@ def resolve_with(raw: str, settings: "Settings", sha256: "Optional[str]" = None)
         )
     if isinstance(how, LocalPlan):
         return _local(how.path, raw)
-    return _location(how, shown, settings)
+    from typing import cast
+
+    return _location(cast("LocationPlan", how), shown, settings)  # (a version is never planned as latest)
 
 
 def _local(path: str, raw: str) -> str:
@@ -354,7 +362,12 @@ def entry_metadata(raw: str, settings: Settings) -> Optional[Dict[str, Any]]:
     """hubcache's metadata of ``raw``'s cache entry, or None (not a cached
     download, or cached by tensorflow_hub)."""
     handle = _handles.parse(raw)
-    if not handle.is_remote:
+    if handle.is_latest:
+        from .latest import read_record
+
+        record = read_record((settings.cache_dir, *settings.readonly_dirs), handle)
+        handle = handle.at_version(record["version"]) if record else handle
+    if not handle.cache_key:
         return None
     return layout.read_metadata(os.path.join(settings.cache_dir, handle.cache_key))
 

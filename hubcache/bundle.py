@@ -45,7 +45,7 @@ def export_bundle(entries: List[Tuple[Entry, Cache]], out: str) -> Dict[str, Any
     }
     members: List[Tuple[str, str]] = []  # (archive name, path on disk)
     for entry, cache in entries:
-        if not entry.handle or handles.cache_key(entry.handle) != entry.key:
+        if not entry.handle or _key_of(entry.handle) != entry.key:
             raise HandleError(
                 f"{entry.handle or entry.key} cannot be put in a bundle: its handle carried a secret "
                 "(a password or a signed query), which hubcache does not store, so the bundle could "
@@ -125,6 +125,14 @@ def _read_manifest(staging: str, bundle: str) -> Dict[str, Any]:
     return manifest
 
 
+def _key_of(handle: str) -> str:
+    """The entry name of ``handle`` ("" if it has none, or does not parse)."""
+    try:
+        return handles.parse(handle).cache_key
+    except HandleError:
+        return ""
+
+
 def _valid_item(item: Dict[str, Any]) -> bool:
     """Whether a manifest entry has the shape :func:`export_bundle` writes (it is
     untrusted input: checked here rather than failing later with a TypeError)."""
@@ -132,7 +140,7 @@ def _valid_item(item: Dict[str, Any]) -> bool:
     links, metadata = item.get("links", {}), item.get("metadata")
     if not (isinstance(handle, str) and isinstance(key, str) and layout.is_key(key)):
         return False
-    if handles.parse(handle).cache_key != key:  # an entry is named after its handle, always
+    if _key_of(handle) != key:  # an entry is named after its handle, always
         return False
     return (
         isinstance(files, dict)

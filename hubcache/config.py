@@ -40,6 +40,10 @@ DEFAULT_MAX_RATIO = 250  # extracted bytes per downloaded byte, past MAX_RATIO_F
 # 1 KiB/s over a minute passes any honest link, even a poor mobile one.
 DEFAULT_MIN_RATE = 1 << 10  # bytes per second
 DEFAULT_MIN_RATE_WINDOW = 60.0  # seconds
+# A model's versions change in weeks or months, and a cluster may start
+# thousands of processes a day: asking Kaggle once a day keeps "latest" current
+# without a request per start (and without meeting its rate limits).
+DEFAULT_LATEST_INTERVAL = 86400.0  # seconds
 
 LOAD_FORMATS = ("COMPRESSED", "UNCOMPRESSED", "AUTO")
 
@@ -79,6 +83,8 @@ class Settings:
     #: seconds, below which an attempt counts as stalled (0: no floor).
     min_rate: int = DEFAULT_MIN_RATE
     min_rate_window: float = DEFAULT_MIN_RATE_WINDOW
+    #: Seconds a resolved "latest" version is used before Kaggle is asked again (0: every time).
+    latest_interval: float = DEFAULT_LATEST_INTERVAL
     #: Not from the environment: told of every download's progress as
     #: (bytes received, bytes announced), e.g. for an aggregate progress bar.
     progress_hook: Optional[Callable[[int, int], None]] = field(default=None, compare=False, repr=False)
@@ -146,6 +152,7 @@ def load_settings(
         max_ratio=_number(env, "HUBCACHE_MAX_RATIO", DEFAULT_MAX_RATIO),
         min_rate=_size(env, "HUBCACHE_MIN_RATE", DEFAULT_MIN_RATE, allow_zero=True),
         min_rate_window=_positive_float(env, "HUBCACHE_MIN_RATE_WINDOW", DEFAULT_MIN_RATE_WINDOW),
+        latest_interval=_number(env, "HUBCACHE_LATEST_INTERVAL", DEFAULT_LATEST_INTERVAL),
         credentials_environ=tuple((name, env[name]) for name in CREDENTIAL_VARIABLES if name in env),
     )
 
@@ -170,6 +177,7 @@ SETTING_VARIABLES = (
     ("max_ratio", ("HUBCACHE_MAX_RATIO",)),
     ("min_rate", ("HUBCACHE_MIN_RATE",)),
     ("min_rate_window", ("HUBCACHE_MIN_RATE_WINDOW",)),
+    ("latest_interval", ("HUBCACHE_LATEST_INTERVAL",)),
 )
 
 

@@ -1,8 +1,18 @@
 """Parsing handles: what the user wrote -> a :class:`Handle` with a kind.
 
-Parsing is pure: it touches neither the network nor the filesystem. The cache
-key is the SHA-1 of the handle exactly as written, as tensorflow_hub computes
-it, so both tools share cache entries (a trailing slash is another entry).
+Parsing touches neither the network nor, with one exception, the filesystem:
+a string that fits the Kaggle slug grammar (``owner/model/framework/variation
+[/version]``) is a local path if that path exists, so one ``stat`` decides.
+
+Entry names follow one rule (:attr:`Handle.cache_key`): a handle that
+tensorflow_hub accepts is stored under the SHA-1 of the handle exactly as
+written, tensorflow_hub's own name, so both tools share entries (a trailing
+slash is another entry). The Kaggle spellings tensorflow_hub does not accept
+(slugs, ``kaggle://``) are stored under the name of their canonical page URL,
+``https://www.kaggle.com/models/<owner>/<model>/<framework>/<variation>/<version>``
+with the framework spelled as in :data:`KAGGLE_FRAMEWORKS`. A handle without a
+version has no entry of its own: it names the entry of the version that
+"latest" resolves to (:mod:`hubcache.latest`).
 """
 
 from __future__ import annotations
@@ -29,6 +39,27 @@ GCS = "gcs"
 URL = "url"
 
 TFHUB_HOSTS = frozenset({"tfhub.dev", "www.tfhub.dev"})
+KAGGLE_PAGE = "https://www.kaggle.com/models"  # the canonical Kaggle page URLs start so
+#: Kaggle's frameworks: any spelling (compared lower-case) -> the one used in
+#: canonical page URLs, and whether its bundles are SavedModels. Others are
+#: accepted as written, and judged by what their archive holds.
+KAGGLE_FRAMEWORKS = {
+    "tensorflow1": ("tensorFlow1", True),
+    "tensorflow2": ("tensorFlow2", True),
+    "tflite": ("tfLite", False),
+    "tfjs": ("tfJs", False),
+    "keras": ("keras", False),
+    "jax": ("jax", False),
+    "flax": ("flax", False),
+    "pytorch": ("pyTorch", False),
+    "transformers": ("transformers", False),
+    "onnx": ("onnx", False),
+    "other": ("other", False),
+}
+#: tfhub.dev paths of models that are not SavedModels (TFLite, TF.js).
+_NOT_SAVED_MODEL_SEGMENTS = frozenset({"lite-model", "tfjs-model"})
+#: Hosts users write without a scheme: "Did you mean https://...".
+_SCHEMELESS_HOSTS = ("tfhub.dev", "www.kaggle.com", "kaggle.com", "hub.tensorflow.google.cn", "storage.googleapis.com")
 KAGGLE_HOSTS = frozenset({"www.kaggle.com", "kaggle.com"})
 TFHUB_CN_HOST = "hub.tensorflow.google.cn"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -36,7 +67,10 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 ACCEPTED_FORMS = """\
   - a local directory: /models/m, ./m, ~/m, file:///models/m
   - tfhub.dev: https://tfhub.dev/<publisher>/<model>/<version>
-  - Kaggle: https://www.kaggle.com/models/<owner>/<model>/<framework>/<variation>/<version>
+  - Kaggle: https://www.kaggle.com/models/<owner>/<model>/<framework>/<variation>[/<version>],
+    <owner>/<model>/<framework>/<variation>[/<version>], kaggle://<owner>/<model>/<framework>/<variation>[/<version>]
+    or https://www.kaggle.com/api/v1/models/<owner>/<model>/<framework>/<variation>/<version>/download
+    (no version: the latest)
   - the China mirror: https://hub.tensorflow.google.cn/<publisher>/<model>/<version>
   - Google Cloud Storage: gs://<bucket>/<path>.tar.gz (or .tgz, .tar)
   - any http(s) URL of a .tar or .tar.gz archive"""
@@ -56,8 +90,10 @@ class Handle:
     ``location`` depends on ``kind``: the filesystem path (local), the URL path
     without trailing slash (tfhub, kaggle, tfhub-cn), ``bucket/object`` (gcs),
     or the whole URL (url). ``query`` is the query string the user wrote.
-    ``kaggle`` holds (owner, model, framework, variation, version) for Kaggle.
-    ``cache_key`` is the cache entry's name: the SHA-1 hex of ``raw``.
+    ``kaggle`` holds (owner, model, framework, variation, version) for Kaggle,
+    the version "" when the handle means the latest. ``cache_key`` is the cache
+    entry's name (see the module's rule), "" for a local path or an unversioned
+    Kaggle handle.
     """
 
     __slots__ = ("raw", "kind", "location", "query", "kaggle", "cache_key")
@@ -68,11 +104,25 @@ class Handle:
         self.location = location
         self.query = query
         self.kaggle = kaggle
-        self.cache_key = cache_key(raw) if kind != LOCAL else ""
+        if kind == LOCAL or (kaggle and not kaggle[4]):
+            self.cache_key = ""
+        elif kaggle and not raw.lower().startswith(("http://", "https://")):
+            self.cache_key = cache_key(kaggle_page(kaggle))
+        else:
+            self.cache_key = cache_key(raw)
 
     @property
     def is_remote(self) -> bool:
         return self.kind != LOCAL
+
+    @property
+    def is_latest(self) -> bool:
+        """A Kaggle handle without a version: the current one, asked for."""
+        return bool(self.kaggle) and not self.kaggle[4]
+
+    def at_version(self, version: int) -> "Handle":
+        """The handle of one version of this Kaggle model: its canonical page URL."""
+        return parse(kaggle_page(self.kaggle[:4] + (str(version),)))
 
     @property
     def shown(self) -> str:
@@ -150,8 +200,26 @@ def _redact_params(text: str) -> str:
 
 
 def requires_saved_model(handle: Handle) -> bool:
-    """Whether a cache entry for ``handle`` must hold a SavedModel (plain archives need not)."""
-    return handle.kind in (TFHUB, KAGGLE, TFHUB_CN)
+    """Whether a cache entry for ``handle`` must hold a SavedModel: a TensorFlow
+    framework on Kaggle, or a tfhub.dev model other than TFLite and TF.js.
+    Other entries are valid when their archive holds files (plain archives,
+    other frameworks), and :func:`hubcache.load` says what they hold."""
+    if handle.kind == KAGGLE:
+        return KAGGLE_FRAMEWORKS.get(handle.kaggle[2].lower(), ("", False))[1]
+    if handle.kind in (TFHUB, TFHUB_CN):
+        return not _NOT_SAVED_MODEL_SEGMENTS & set(handle.location.lower().split("/"))
+    return False
+
+
+def kaggle_page(parts: "Tuple[str, ...]") -> str:
+    """The canonical page URL of a Kaggle model version (or of its latest, with
+    no version): the framework in Kaggle's spelling, the rest as written."""
+    owner, model, framework, variation, version = parts
+    framework = KAGGLE_FRAMEWORKS.get(framework.lower(), (framework, False))[0]
+    from urllib.parse import quote
+
+    path = "/".join(quote(p, safe="") for p in (owner, model, framework, variation) + ((version,) if version else ()))
+    return f"{KAGGLE_PAGE}/{path}"
 
 
 def saved_model_required(raw: "Optional[str]") -> bool:
@@ -183,7 +251,9 @@ def parse(raw: str) -> Handle:
         )
     scheme = _scheme(raw)
     if not scheme or _is_windows_drive(raw):
-        return Handle(raw, LOCAL, os.path.abspath(os.path.expanduser(raw)))
+        return _parse_schemeless(raw)
+    if scheme == "kaggle":
+        return _parse_kaggle_uri(raw)
     if scheme == "file":
         return _parse_file_url(raw)
     if scheme == "gs":
@@ -296,37 +366,95 @@ def _parse_http(raw: str) -> Handle:
     return Handle(raw, URL, raw, query)
 
 
+_KAGGLE_SHAPE = (
+    "https://www.kaggle.com/models/<owner>/<model>/<framework>/<variation>[/<version>] (or the long "
+    ".../frameworks/<framework>/variations/<variation>[/versions/<version>]), the version a number; "
+    "without one, the latest version is fetched"
+)
+
+
 def _kaggle_parts(raw: str, segments: "List[str]") -> "Tuple[str, ...]":
-    """(owner, model, framework, variation, version) from a Kaggle model URL path."""
+    """(owner, model, framework, variation, version or "") from a Kaggle URL path."""
     from urllib.parse import unquote
 
-    parts: "Tuple[str, ...]" = ()
-    if segments[:1] == ["models"]:
-        rest = [unquote(s) for s in segments[1:]]
-        if len(rest) == 5:
-            parts = tuple(rest)
-        elif len(rest) == 8 and (rest[2], rest[4], rest[6]) == (
-            "frameworks",
-            "variations",
-            "versions",
-        ):
-            parts = (rest[0], rest[1], rest[3], rest[5], rest[7])
-    if not parts or not parts[4].isdigit():
+    rest = [unquote(s) for s in segments]
+    parts: "List[str]" = []
+    if rest[:1] == ["models"]:
+        rest = rest[1:]
+        if len(rest) in (6, 8) and rest[2:3] == ["frameworks"] and rest[4:5] == ["variations"]:
+            if len(rest) == 6 or rest[6] == "versions":
+                parts = [rest[0], rest[1], rest[3], rest[5]] + rest[7:]
+        elif len(rest) in (4, 5):
+            parts = rest
+    elif rest[:3] == ["api", "v1", "models"] and len(rest) == 9 and rest[8] == "download":
+        parts = rest[3:8]  # tensorflow_hub fetches this form as it would any URL
+    if len(parts) == 5 and parts[4].lower() == "latest":
         raise HandleError(
-            f"handle {redact(raw)!r} is not a Kaggle model version: it should look like "
-            "https://www.kaggle.com/models/<owner>/<model>/<framework>/<variation>/<version> "
-            "or .../models/<owner>/<model>/frameworks/<framework>/variations/<variation>/"
-            "versions/<version>, the version a number.",
+            f"handle {redact(raw)!r} ends in /latest, which Kaggle's URLs do not have. Did you mean "
+            f"{redact(raw).rsplit('/', 1)[0]} ? A Kaggle handle without a version means the latest.",
             handle=redact(raw),
         )
-    return parts
+    if len(parts) < 4 or not all(parts) or (len(parts) == 5 and not parts[4].isdigit()):
+        raise HandleError(
+            f"handle {redact(raw)!r} is not a Kaggle model: it should look like {_KAGGLE_SHAPE}.",
+            handle=redact(raw),
+        )
+    return tuple(parts) + (("",) if len(parts) == 4 else ())
+
+
+_SLUG_PART = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def _slug(segments: "List[str]") -> "Optional[Tuple[str, ...]]":
+    """(owner, model, framework, variation, version or "") if ``segments`` fit
+    Kaggle's slug grammar, else None."""
+    if len(segments) not in (4, 5) or (len(segments) == 5 and not segments[4].isdigit()):
+        return None
+    allowed = set(_SLUG_PART + "._-")
+    for part in segments:  # each starts with a letter or digit: never ".", "..", "~" or "-x"
+        if not part or part[0] not in _SLUG_PART or not set(part) <= allowed:
+            return None
+    if not segments[2].isalnum():  # a framework is one word: tensorFlow2, tfLite, keras...
+        return None
+    return tuple(segments) + (("",) if len(segments) == 4 else ())
+
+
+def _parse_schemeless(raw: str) -> Handle:
+    """A local path, or a Kaggle slug when it fits the grammar and names no
+    existing path."""
+    segments = raw.split("/")
+    if segments[0].lower() not in _SCHEMELESS_HOSTS and not os.path.isabs(raw):
+        parts = _slug(segments)
+        if parts is not None and not os.path.lexists(raw):
+            return Handle(raw, KAGGLE, "/models/" + raw, "", parts)
+    return Handle(raw, LOCAL, os.path.abspath(os.path.expanduser(raw)))
+
+
+def _parse_kaggle_uri(raw: str) -> Handle:
+    """keras-hub's ``kaggle://<owner>/<model>/<framework>/<variation>[/<version>]``."""
+    body = raw.partition("://")[2]
+    parts = _slug(body[:-1].split("/") if body.endswith("/") else body.split("/"))
+    if parts is None:
+        raise HandleError(
+            f"handle {redact(raw)!r} is not a Kaggle model: it should look like "
+            "kaggle://<owner>/<model>/<framework>/<variation>[/<version>], the version a number; "
+            "without one, the latest version is fetched.",
+            handle=redact(raw),
+        )
+    return Handle(raw, KAGGLE, "/models/" + "/".join(p for p in parts if p), "", parts)
 
 
 def suggest_remote(raw: str) -> str:
     """A hint for a local path that does not exist but looks like a model id."""
+    head = raw.split("/", 1)[0].lower()
+    if head in _SCHEMELESS_HOSTS:
+        return f" Did you mean https://{raw} ?"
     segments = raw.strip("/").split("/")
     if len(segments) == 3 and segments[2].isdigit():
         return f" Did you mean https://tfhub.dev/{raw.strip('/')} ?"
-    if len(segments) == 5 and segments[4].isdigit():
-        return f" Did you mean https://www.kaggle.com/models/{raw.strip('/')} ?"
+    if len(segments) == 5:
+        return (
+            " A Kaggle slug is <owner>/<model>/<framework>/<variation>[/<version>], the version a number: "
+            f"did you mean {'/'.join(segments[:4])} (the latest version)?"
+        )
     return ""

@@ -229,6 +229,13 @@ def find(cache: Cache, handle: str, readonly: bool = False) -> Optional[Entry]:
             "fetched under (`hubcache ls` lists them).",
             handle=handles.redact(handle),
         )
+    if parsed.is_latest:  # the entry of the version it last resolved to
+        from .latest import read_record
+
+        record = read_record((cache.root,), parsed)
+        if record is None:
+            return None
+        parsed = parsed.at_version(record["version"])
     key = parsed.cache_key
     directory = cache.entry_dir(key)
     if not (os.path.lexists(directory) or os.path.exists(directory + METADATA_SUFFIX)):

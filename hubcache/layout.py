@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # annotations only: importing typing costs the warm path
 
 METADATA_SUFFIX = ".hubcache.json"
 USED_SUFFIX = ".hubcache.used"
+LATEST_SUFFIX = ".hubcache.latest"  # <sha1 of an unversioned handle>: the version it resolved to
 LOCK_SUFFIX = ".hubcache.lock"
 DESCRIPTOR_SUFFIX = ".descriptor.txt"
 TMP_INFIX = ".hubcache-tmp."

@@ -47,7 +47,16 @@ class LocationPlan:
     url: str
 
 
-Plan = Union[LocalPlan, ArchivePlan, LocationPlan]
+@dataclass(frozen=True)
+class LatestPlan:
+    """A Kaggle handle without a version: ask ``url`` (Kaggle's REST "get" of
+    the model instance) for the current version, then plan that version."""
+
+    url: str
+    credentials_for: str
+
+
+Plan = Union[LocalPlan, ArchivePlan, LocationPlan, LatestPlan]
 
 
 def plan(handle: h.Handle, settings: Settings) -> Plan:
@@ -64,10 +73,19 @@ def plan(handle: h.Handle, settings: Settings) -> Plan:
         url = f"{settings.cn_mirror_endpoint}/tfhub-modules{handle.location}.tar.gz"
         return ArchivePlan((url,), require)
 
+    api = ""
     if kind == h.TFHUB:
         page = _join(settings.tfhub_endpoint, handle.location, handle.query)
     elif kind == h.KAGGLE:
-        page = _join(settings.kaggle_endpoint, handle.location, handle.query)
+        endpoint = settings.kaggle_endpoint
+        instance = "/".join(quote(p, safe="") for p in handle.kaggle[:4])
+        if handle.is_latest:
+            return LatestPlan(f"{endpoint}/api/v1/models/{instance}/get", credentials_for=endpoint)
+        api = f"{endpoint}/api/v1/models/{instance}/{handle.kaggle[4]}/download"
+        if handle.location.startswith("/models/"):
+            page = _join(endpoint, handle.location, handle.query)
+        else:  # the API URL itself: its page is the fallback
+            page = f"{endpoint}/models/{instance}/{handle.kaggle[4]}"
     else:
         page = handle.location
         if _is_archive_url(page):
@@ -80,10 +98,8 @@ def plan(handle: h.Handle, settings: Settings) -> Plan:
     urls: Tuple[str, ...] = (with_format(page, "compressed"),)
     if kind == h.URL:
         return ArchivePlan(urls, require)
-    if kind == h.KAGGLE:
-        owner, model, framework, variation, version = handle.kaggle
-        api = "/".join(quote(p, safe="") for p in (owner, model, framework, variation, version))
-        urls += (f"{settings.kaggle_endpoint}/api/v1/models/{api}/download",)
+    if api:  # the page first, as tensorflow_hub fetches it, unless the handle is the API's URL
+        urls = (api,) + urls if handle.location.startswith("/api/") else urls + (api,)
     # tfhub.dev redirects to Kaggle, so both kinds may need the Kaggle credentials.
     return ArchivePlan(urls, require, credentials_for=settings.kaggle_endpoint)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import re
 import socket
 import threading
@@ -282,6 +283,7 @@ class FakeHub:
         self.kaggle = HubServer("kaggle", lower_case_paths=True)
         self.storage = HubServer("storage", host="127.0.0.2")
         self.kaggle.route("/models", lambda req: _html("Kaggle Models: browse all models"))
+        self.latest: Dict[str, int] = {}  # owner/model/framework/variation (lower case) -> current version
 
     @property
     def servers(self) -> List[HubServer]:
@@ -337,6 +339,16 @@ class FakeHub:
             model_page,
         )
         self.kaggle.route(f"/api/v1/models/{owner}/{name}/{framework}/{variation}/{version}/download", api_download)
+        instance = f"{owner}/{name}/{framework}/{variation}"
+        self.latest[instance.lower()] = max(int(version), self.latest.get(instance.lower(), 0))
+
+        def api_get(req: Request) -> Reply:  # REST ModelApiService.GetModelInstance
+            if authorization and req.headers.get("authorization") != authorization:
+                return Reply(403, b'{"code": 403, "message": "Permission denied"}', {"Content-Type": "application/json"})
+            answer = {"ownerSlug": owner, "modelSlug": name, "slug": variation, "versionNumber": self.latest[instance.lower()]}
+            return Reply(200, json.dumps(answer).encode(), {"Content-Type": "application/json"})
+
+        self.kaggle.route(f"/api/v1/models/{instance}/get", api_get)
         return blob
 
     def publish_tfhub(self, handle_path: str, archive: bytes, *, kaggle: Optional[str] = None) -> str:

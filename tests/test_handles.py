@@ -85,7 +85,6 @@ def test_kaggle_forms(raw):
     "raw",
     [
         "https://www.kaggle.com/models/google/nnlm",
-        "https://www.kaggle.com/models/google/nnlm/TensorFlow2/en-dim128/latest",
         "https://www.kaggle.com/datasets/x/y",
         "https://tfhub.dev/google/nnlm",
         "https://tfhub.dev/google/collections/bert",
@@ -95,6 +94,12 @@ def test_malformed_hub_urls_are_refused_with_the_expected_shape(raw):
     with pytest.raises(HandleError) as e:
         parse(raw)
     assert raw in str(e.value) and "should look like" in str(e.value)
+
+
+def test_kaggle_latest_suffix_gets_a_did_you_mean():
+    raw = "https://www.kaggle.com/models/google/nnlm/TensorFlow2/en-dim128/latest"
+    with pytest.raises(HandleError, match=r"Did you mean https://www\.kaggle\.com/models/google/nnlm/TensorFlow2/en-dim128 \?"):
+        parse(raw)
 
 
 def test_china_mirror_rewrite():

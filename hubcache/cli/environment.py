@@ -42,7 +42,7 @@ come from, never shown.
   kaggle_credentials  source (where they come from, or null), error (or null)"""
 
 _PACKAGES = ("requests", "urllib3", "filelock", "tqdm", "tensorflow")
-_SECONDS = frozenset({"timeout", "lock_timeout", "backoff", "min_rate_window"})
+_SECONDS = frozenset({"timeout", "lock_timeout", "backoff", "min_rate_window", "latest_interval"})
 
 
 def add_commands(command: Command) -> None:

@@ -15,7 +15,7 @@ from ..api import entry_metadata, iter_prefetch, resolve_with
 from ..cache import Cache, write_atomic
 from ..config import Settings
 from ..errors import ConfigError, HubcacheError
-from ..handles import redact
+from ..handles import parse, redact
 from ..inventory import Entry, find, format_size, layers
 from .arguments import Command, download_handles, entry_handles, output_file
 from .helptext import EXPORT_EPILOG, IMPORT_EPILOG, PREFETCH_EPILOG, RESOLVE_EPILOG
@@ -230,7 +230,11 @@ def _write_lock(path: str, handles: List[str], settings: Settings, quiet: bool) 
         if redact(handle) != handle:  # secrets never reach disk, and a signed URL expires anyway
             why = "its handle carries a secret (a password or a signed query), which is not written"
         elif metadata and metadata.get("sha256"):
-            lines.append(f"{handle} sha256={metadata['sha256']} size={metadata['bytes']}")
+            pinned = handle
+            if parse(handle).is_latest:  # "latest" is pinned as the version it resolved to
+                pinned = metadata["handle"]
+                lines.append(f"# {handle}: the latest version when this was written")
+            lines.append(f"{pinned} sha256={metadata['sha256']} size={metadata['bytes']}")
             continue
         else:
             why = "no archive hash recorded: a local path, or cached by tensorflow_hub"
@@ -254,7 +258,6 @@ def _write_bundle(path: str, handles: List[str], settings: Settings, quiet: bool
 def _find_entries(handles: List[str], settings: Settings) -> Union[str, List[Tuple[Entry, Cache]]]:
     """The usable cache entry of each remote handle (local paths, which a
     prefetch -f file may hold, are skipped), or the reason one is missing."""
-    from ..handles import parse
 
     found = []
     for handle in handles:

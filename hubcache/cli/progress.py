@@ -37,6 +37,9 @@ def to_download(pins: Dict[str, Optional[str]], settings: Settings) -> List[str]
             continue
         if not parsed.is_remote:
             continue
+        if not parsed.cache_key:  # "latest": which entry is known only once Kaggle answers
+            out.append(handle)
+            continue
         require = requires_saved_model(parsed)
         if not any(Cache(r).lookup(parsed.cache_key, require_saved_model=require, sha256=sha256).valid for r in roots):
             out.append(handle)

@@ -1,0 +1,123 @@
+"""Which version a Kaggle handle without one means: "latest".
+
+Kaggle is asked (its REST ``.../get`` of the model instance answers the
+current ``versionNumber``), and the answer is remembered in a small record
+beside the cache entries, ``<sha1 of the handle>.hubcache.latest``, so that:
+
+- for ``HUBCACHE_LATEST_INTERVAL`` seconds after an answer, the handle
+  resolves without a request;
+- offline (or when Kaggle cannot be reached), the handle resolves to the
+  version it last resolved to, and a log line names it. kagglehub cannot do
+  this: it asks the network even when the model is cached.
+
+The record is found in the cache root, then in the read-only layers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, Iterable, Optional, Tuple
+
+from .cache import utc_iso, write_atomic
+from .config import Settings
+from .errors import DownloadError, OfflineError
+from .handles import Handle, cache_key
+from .layout import LATEST_SUFFIX
+from .resolvers import LatestPlan
+
+log = logging.getLogger("hubcache")
+
+MAX_ANSWER = 1 << 20  # bytes of JSON read from Kaggle's answer, at most
+
+
+def record_path(root: str, handle: Handle) -> str:
+    return os.path.join(root, cache_key(handle.raw) + LATEST_SUFFIX)
+
+
+def read_record(roots: Iterable[str], handle: Handle) -> Optional[Dict[str, Any]]:
+    """The record of ``handle`` in the first of the caches ``roots`` that has a
+    usable one, or None."""
+    for root in roots:
+        try:
+            with open(record_path(root, handle), encoding="utf-8") as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and _version(record.get("version")) and isinstance(record.get("checked"), float):
+            return record
+    return None
+
+
+def resolve_latest(handle: Handle, how: LatestPlan, settings: Settings) -> Tuple[Handle, Optional[Dict[str, Any]]]:
+    """The versioned handle that ``handle`` means now, and the record it came
+    from when Kaggle was not asked (None when it was)."""
+    shown = handle.shown
+    record = read_record((settings.cache_dir, *settings.readonly_dirs), handle)
+    if record is not None:
+        age = time.time() - record["checked"]
+        if settings.offline or 0 <= age < settings.latest_interval:
+            if settings.offline:
+                log.info("%s: offline, so the version it last resolved to: %d", shown, record["version"])
+            return handle.at_version(record["version"]), record
+    if settings.offline:
+        raise OfflineError(
+            f"{shown} names no version, and offline (HUBCACHE_OFFLINE=1) hubcache cannot ask Kaggle for "
+            "the latest: resolve it once online (hubcache prefetch), or write its version in the handle.",
+            handle=shown,
+        )
+    try:
+        version = ask_kaggle(how, shown, settings)
+    except DownloadError as e:
+        if record is None:
+            raise
+        log.warning(
+            "%s: could not ask Kaggle for the latest version (%s); using version %d, from %s",
+            shown,
+            e,
+            record["version"],
+            record.get("checked_at", "before"),
+        )
+        return handle.at_version(record["version"]), record
+    record = {"handle": shown, "version": version, "checked_at": utc_iso(), "checked": time.time()}
+    try:
+        os.makedirs(settings.cache_dir, exist_ok=True)
+        write_atomic(record_path(settings.cache_dir, handle), json.dumps(record, indent=2))
+    except OSError as e:  # a read-only cache still resolves; it only asks again next time
+        log.warning("%s: could not record its latest version in %s (%s)", shown, settings.cache_dir, e)
+    log.info("%s: the latest version is %d", shown, version)
+    return handle.at_version(version), None
+
+
+def ask_kaggle(how: LatestPlan, shown: str, settings: Settings) -> int:
+    """The current version number, as Kaggle's REST API answers it."""
+    from .transport import Transport, http_error, redact
+
+    transport = Transport(shown, settings, how.credentials_for)
+    try:
+        response, url = transport.get(how.url, {"Accept": "application/json"})
+        with response:
+            if response.status_code != 200:
+                raise http_error(response.status_code, url, transport, " (asking for its latest version)")
+            body = response.raw.read(MAX_ANSWER + 1, decode_content=True)
+    finally:
+        transport.close()
+    try:
+        answer = json.loads(body) if len(body) <= MAX_ANSWER else None
+    except ValueError:
+        answer = None
+    version = _version(answer.get("versionNumber")) if isinstance(answer, dict) else None
+    if version is None:
+        raise DownloadError(
+            f"asked {redact(url)} for the latest version of {shown}, and the answer has no version "
+            "number: write the version in the handle, or try again later.",
+            handle=shown,
+            url=redact(url),
+        )
+    return version
+
+
+def _version(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 31 else None

@@ -1,0 +1,287 @@
+"""Every handle form users write (tests/data/handle_spellings.tsv: real spellings
+from public docs, model pages, notebooks and code), the one rule that names
+their cache entries, "latest", and models that are not SavedModels."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import tarfile
+
+import pytest
+
+import hubcache
+from hubcache.config import load_settings
+from hubcache.handles import KAGGLE, LOCAL, TFHUB, TFHUB_CN, URL, cache_key, kaggle_page, parse, suggest_remote
+from hubcache.resolvers import ArchivePlan, LatestPlan, plan
+
+from archives import fake_saved_model, fake_saved_model_files
+from helpers import run_cli
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def spellings():
+    with open(os.path.join(HERE, "data", "handle_spellings.tsv"), encoding="utf-8") as f:
+        rows = list(csv.DictReader((line for line in f if not line.startswith("#")), delimiter="\t"))
+    return [(r["handle"], r["form"]) for r in rows]
+
+
+SPELLINGS = spellings()
+KINDS = {
+    "tfhub": TFHUB,
+    "tfhub_lite": TFHUB,
+    "tfhub_tfjs": TFHUB,
+    "tfhub_cn": TFHUB_CN,
+    "kaggle_page": KAGGLE,
+    "kaggle_page_unversioned": KAGGLE,
+    "kaggle_slug": KAGGLE,
+    "kaggle_slug_unversioned": KAGGLE,
+    "kaggle_uri": KAGGLE,
+    "kaggle_uri_unversioned": KAGGLE,
+    "kaggle_api": KAGGLE,
+    "https_archive": URL,
+    "https_zip": URL,
+    "near_miss": LOCAL,
+}
+ENDPOINTS = {"HUBCACHE_KAGGLE_ENDPOINT": "http://kaggle.test", "HUBCACHE_TFHUB_ENDPOINT": "http://tfhub.test"}
+
+
+def test_the_collection_covers_every_form_with_sixty_spellings_or_more():
+    forms = {form for _, form in SPELLINGS}
+    assert len(SPELLINGS) >= 60 and len({h for h, _ in SPELLINGS}) == len(SPELLINGS)
+    assert set(KINDS) <= forms
+
+
+@pytest.mark.parametrize("raw, form", SPELLINGS, ids=[h[:90] for h, _ in SPELLINGS])
+def test_every_spelling_parses_names_its_entry_and_plans_offline(raw, form, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no path of these names exists here
+    settings = load_settings(environ=dict(ENDPOINTS, TFHUB_CACHE_DIR=str(tmp_path / "c")))
+    if form == "gcs_dir":  # a SavedModel directory on GCS: not downloadable yet, said so
+        with pytest.raises(hubcache.HandleError, match="tf.saved_model.load"):
+            parse(raw)
+        return
+    if form == "tfhub_tfjs" and not raw.split("?")[0].rstrip("/").split("/")[-1].isdigit():
+        with pytest.raises(hubcache.HandleError, match="should look like"):
+            parse(raw)  # a TF.js file inside a model, or no version
+        return
+    handle = parse(raw)
+    assert handle.kind == KINDS[form]
+    if form == "near_miss":
+        assert suggest_remote(raw), raw  # "Did you mean https://..." when the path is missing
+        return
+    how = plan(handle, settings)
+    if form.endswith("_unversioned"):
+        owner, model, framework, variation, version = handle.kaggle
+        assert version == "" and handle.cache_key == ""
+        assert isinstance(how, LatestPlan)
+        assert how.url.lower() == f"http://kaggle.test/api/v1/models/{owner}/{model}/{framework}/{variation}/get".lower()
+        return
+    assert isinstance(how, ArchivePlan)
+    if form in ("kaggle_slug", "kaggle_uri"):
+        # Not a tensorflow_hub form: named after the canonical page URL.
+        assert handle.cache_key == cache_key(kaggle_page(handle.kaggle))
+        assert kaggle_page(handle.kaggle).startswith("https://www.kaggle.com/models/")
+    else:  # tensorflow_hub's own name: the SHA-1 of the handle as written
+        assert handle.cache_key == cache_key(raw)
+    if handle.kind == KAGGLE:
+        api = "http://kaggle.test/api/v1/models/" + "/".join(handle.kaggle) + "/download"
+        page = [u for u in how.urls if "/models/" in u and "/api/" not in u]
+        assert [u.lower() for u in how.urls if "/api/" in u] == [api.lower()] and len(page) == 1
+        assert page[0].startswith("http://kaggle.test/models/") and page[0].endswith("tf-hub-format=compressed")
+        # The page first, as tensorflow_hub fetches it; the API URL first when it is the handle.
+        assert (how.urls[0].lower() == api.lower()) == (form == "kaggle_api")
+        assert how.credentials_for == "http://kaggle.test"
+        assert how.require_saved_model == (handle.kaggle[2].lower() in ("tensorflow1", "tensorflow2"))
+    elif handle.kind == TFHUB:
+        assert how.urls[0].startswith("http://tfhub.test/") and len(how.urls) == 1
+        assert how.require_saved_model == (form == "tfhub")  # lite-model, tfjs-model: judged by content
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "google/tiny/tensorFlow2/small/3",
+        "kaggle://google/tiny/tensorFlow2/small/3",
+        "kaggle://google/tiny/TensorFlow2/small/3/",
+        "google/tiny/tensorflow2/small/3",
+        "https://www.kaggle.com/models/google/tiny/tensorFlow2/small/3",
+    ],
+)
+def test_kaggle_spellings_outside_tensorflow_hub_share_the_canonical_entry(spelling, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    canonical = "https://www.kaggle.com/models/google/tiny/tensorFlow2/small/3"
+    assert parse(spelling).cache_key == cache_key(canonical)
+
+
+def test_an_existing_local_path_wins_over_the_slug_grammar(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "google/tiny/tensorFlow2/small").mkdir(parents=True)
+    assert parse("google/tiny/tensorFlow2/small").kind == LOCAL
+    assert parse("google/tiny/tensorFlow2/other").kind == KAGGLE
+
+
+@pytest.mark.parametrize(
+    "raw, hint",
+    [
+        ("tfhub.dev/google/nnlm-en-dim128/2", "Did you mean https://tfhub.dev/google/nnlm-en-dim128/2 ?"),
+        ("www.kaggle.com/models/google/bert/tensorFlow2/x/1", "Did you mean https://www.kaggle.com/models/"),
+        ("google/bert/tensorFlow2/x/latest", "did you mean google/bert/tensorFlow2/x (the latest version)?"),
+        ("google/nnlm/2", "Did you mean https://tfhub.dev/google/nnlm/2 ?"),
+    ],
+)
+def test_near_misses_get_a_did_you_mean(env, raw, hint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(hubcache.ModelNotFoundError) as e:
+        hubcache.resolve(raw)
+    assert hint in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["kaggle://google/tiny", "kaggle://google/tiny/tensorFlow2/small/v3", "kaggle://../x/tensorFlow2/small/1"],
+)
+def test_malformed_kaggle_uris_show_the_shape(raw):
+    with pytest.raises(hubcache.HandleError, match=r"kaggle://<owner>/<model>/<framework>/<variation>\[/<version>\]"):
+        parse(raw)
+
+
+# ------------------------------------------------------------------ end to end
+
+
+def test_slug_kaggle_uri_and_api_url_download_once_into_one_entry(env, hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hub.publish_kaggle("google/tiny/tensorFlow2/small/3", fake_saved_model(3))
+    path = hubcache.resolve("google/tiny/tensorFlow2/small/3")
+    assert hub.storage.count() == 1
+    for spelling in ("kaggle://google/tiny/TensorFlow2/small/3", "https://www.kaggle.com/models/google/tiny/tensorFlow2/small/3"):
+        assert hubcache.resolve(spelling) == path
+    assert hub.storage.count() == 1
+    api = "https://www.kaggle.com/api/v1/models/google/tiny/tensorFlow2/small/3/download"
+    pages = len(hub.kaggle.requests_to("/models/google/tiny/tensorFlow2/small/3"))
+    api_path = hubcache.resolve(api)  # tensorflow_hub's name for it: an entry of its own
+    assert os.path.basename(api_path) == cache_key(api)
+    assert hub.kaggle.requests_to("/api/v1/models/google/tiny/tensorFlow2/small/3/download")
+    assert len(hub.kaggle.requests_to("/models/google/tiny/tensorFlow2/small/3")) == pages  # no page needed
+
+
+def test_latest_round_trip_offline_then_after_the_interval(env, hub, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    hub.publish_kaggle("google/tiny/tensorFlow2/small/1", fake_saved_model(1))
+    slug = "google/tiny/tensorFlow2/small"
+    first = hubcache.resolve(slug)
+    assert os.path.basename(first) == cache_key("https://www.kaggle.com/models/google/tiny/tensorFlow2/small/1")
+    assert json.load(open(first + ".hubcache.json"))["handle"] == "https://www.kaggle.com/models/google/tiny/tensorFlow2/small/1"
+    hub.publish_kaggle("google/tiny/tensorFlow2/small/2", fake_saved_model(2))
+    before = hub.total_requests()
+    # Within the interval: no request at all.
+    assert hubcache.resolve(slug) == first and hub.total_requests() == before
+    # Offline, whatever the age: the version it last resolved to, and a log line says so.
+    monkeypatch.setenv("HUBCACHE_OFFLINE", "1")
+    monkeypatch.setenv("HUBCACHE_LATEST_INTERVAL", "0")
+    with caplog.at_level(logging.INFO, logger="hubcache"):
+        assert hubcache.resolve(slug) == first
+    assert "last resolved to: 1" in caplog.text and hub.total_requests() == before
+    # Online after the interval: Kaggle is asked, and the new version fetched.
+    monkeypatch.delenv("HUBCACHE_OFFLINE")
+    second = hubcache.resolve(slug)
+    assert os.path.basename(second) == cache_key("https://www.kaggle.com/models/google/tiny/tensorFlow2/small/2")
+    assert len(hub.kaggle.requests_to("/api/v1/models/google/tiny/tensorFlow2/small/get")) == 2
+    # Another spelling of the same "latest" keeps a record of its own (asked for now), same entry:
+    assert hubcache.resolve("kaggle://google/tiny/tensorFlow2/small") == second
+
+
+def test_latest_uses_the_last_answer_when_kaggle_fails(env, hub, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    hub.publish_kaggle("google/tiny/tensorFlow2/small/1", fake_saved_model(1))
+    first = hubcache.resolve("google/tiny/tensorFlow2/small")
+    monkeypatch.setenv("HUBCACHE_LATEST_INTERVAL", "0")
+    hub.kaggle.fault("/api/v1/models/google/tiny/tensorFlow2/small/get", status=500)
+    with caplog.at_level(logging.WARNING, logger="hubcache"):
+        assert hubcache.resolve("google/tiny/tensorFlow2/small") == first
+    assert "could not ask Kaggle for the latest version" in caplog.text
+
+
+def test_latest_offline_without_a_record_says_what_to_do(env, hub, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HUBCACHE_OFFLINE", "1")
+    with pytest.raises(hubcache.OfflineError, match="names no version") as e:
+        hubcache.resolve("kaggle://google/tiny/tensorFlow2/small")
+    assert "hubcache prefetch" in str(e.value) and hub.total_requests() == 0
+
+
+def test_latest_of_an_unknown_model_is_a_clear_error(env, hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(hubcache.DownloadError, match="not found") as e:
+        hubcache.resolve("google/nothing/tensorFlow2/small")
+    assert e.value.status == 404
+
+
+def test_gated_latest_asks_with_credentials_and_explains_a_403(env, hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hub.publish_kaggle("google/gated/tensorFlow2/small/1", fake_saved_model(1), authorization="Bearer good")
+    with pytest.raises(hubcache.DownloadError, match="accept its licence") as e:
+        hubcache.resolve("google/gated/tensorFlow2/small")
+    assert e.value.status == 403
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "good")
+    assert os.path.isdir(hubcache.resolve("google/gated/tensorFlow2/small"))
+    assert all(r.headers.get("authorization") is None for r in hub.storage.log)
+
+
+def _tflite_bundle() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = b"TFL3" + bytes(200)
+        info = tarfile.TarInfo("model.tflite")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_a_tflite_model_resolves_and_load_says_how_to_open_it(env, hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hub.publish_kaggle("google/mobilenet/tfLite/small/1", _tflite_bundle())
+    path = hubcache.resolve("google/mobilenet/TfLite/small/1")
+    assert os.listdir(path) == ["model.tflite"]
+    pytest.importorskip("tensorflow")
+    with pytest.raises(hubcache.ModelNotFoundError) as e:
+        hubcache.load("google/mobilenet/TfLite/small/1")
+    message = str(e.value)
+    assert "holds model.tflite" in message and f"tf.lite.Interpreter(model_path={os.path.join(path, 'model.tflite')!r})" in message
+
+
+def test_a_tensorflow_framework_still_requires_a_saved_model(env, hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hub.publish_kaggle("google/broken/tensorFlow2/small/1", _tflite_bundle())
+    with pytest.raises(hubcache.ArchiveError, match="saved_model.pb"):
+        hubcache.resolve("google/broken/tensorFlow2/small/1")
+
+
+def test_cli_prefetch_lock_records_the_version_latest_resolved_to(env, hub, tmp_path):
+    hub.publish_kaggle("google/tiny/tensorFlow2/small/4", fake_saved_model(4))
+    lock = tmp_path / "hubcache.lock"
+    r = run_cli("prefetch", "kaggle://google/tiny/tensorFlow2/small", "--lock", str(lock), env=env)
+    assert r.returncode == 0, r.stderr
+    pinned = [line for line in lock.read_text().splitlines() if not line.startswith("#")]
+    assert len(pinned) == 1 and pinned[0].startswith("https://www.kaggle.com/models/google/tiny/tensorFlow2/small/4 sha256=")
+    assert "kaggle://google/tiny/tensorFlow2/small" in lock.read_text()  # named in a comment
+    r = run_cli("ls", "--json", env=env)
+    entries = json.loads(r.stdout)["entries"]
+    assert [e["handle"] for e in entries] == ["https://www.kaggle.com/models/google/tiny/tensorFlow2/small/4"]
+    r = run_cli("info", "--json", "kaggle://google/tiny/tensorFlow2/small", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["files"] == len(fake_saved_model_files())
+
+
+def test_a_slug_entry_travels_in_a_bundle(env, hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hub.publish_kaggle("google/tiny/tensorFlow2/small/5", fake_saved_model(5))
+    slug = "google/tiny/tensorFlow2/small/5"
+    assert run_cli("prefetch", slug, "--bundle", str(tmp_path / "b.tar"), env=env).returncode == 0
+    other = dict(env, TFHUB_CACHE_DIR=str(tmp_path / "other"), HUBCACHE_OFFLINE="1")
+    r = run_cli("import", str(tmp_path / "b.tar"), env=other)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("resolve", "kaggle://google/tiny/TensorFlow2/small/5", env=other)
+    assert r.returncode == 0 and os.path.basename(r.stdout.strip()) == parse(slug).cache_key
