@@ -98,6 +98,16 @@ class TensorFlowNotInstalled(HubcacheError, ImportError):  # noqa: N818 - public
     """:func:`hubcache.load` needs TensorFlow; install ``hubcache[tf]``."""
 
 
+class NotSupportedError(HubcacheError, AttributeError, NotImplementedError):
+    """The asked-for feature is one hubcache does not provide; the message names the alternative.
+
+    Raised for tensorflow_hub names hubcache leaves out (``hubcache.Module``,
+    ``hubcache.text_embedding_column``, ...), so ``hasattr`` is False for them,
+    and by ``KerasLayer.get_config`` for a layer made from a loaded object
+    (a ``NotImplementedError`` there lets ``tf.saved_model.save`` go on without the config).
+    """
+
+
 class PrefetchError(HubcacheError):
     """One or more handles given to :func:`hubcache.prefetch` failed.
 
