@@ -228,11 +228,12 @@ def _prefetch_one(raw: str, settings: "Settings", sha256: "Optional[str]") -> "U
     from .errors import HandleError
 
     try:
-        if not _handles.parse(raw).is_remote:
+        handle = _handles.parse(raw)
+        if not handle.is_remote and not _is_local_archive(handle.location):
             return HandleError(
                 f"{raw} is a local path: there is nothing to download (local models are used "
-                "where they are). Give a model URL or id; to read handles from a file, pass it as "
-                "a file of handles (hubcache prefetch -f FILE).",
+                "where they are; local archives are extracted into the cache). Give a model URL or "
+                "id; to read handles from a file, pass it as a file of handles (hubcache prefetch -f FILE).",
                 handle=raw,
             )
         return resolve_with(raw, settings, sha256)
@@ -265,13 +266,20 @@ def resolve_with(raw: str, settings: "Settings", sha256: "Optional[str]" = None)
             handle=shown,
         )
     if isinstance(how, LocalPlan):
-        return _local(how.path, raw)
+        return _local(how.path, raw, shown, settings)
     from typing import cast
 
     return _location(cast("LocationPlan", how), shown, settings)  # (a version is never planned as latest)
 
 
-def _local(path: str, raw: str) -> str:
+def _is_local_archive(path: str) -> bool:
+    from .local import is_archive
+
+    return is_archive(path)
+
+
+def _local(path: str, raw: str, shown: str, settings: "Settings") -> str:
+    """A local directory, used where it is, or a local archive's cache entry."""
     from .errors import ModelNotFoundError
 
     if not os.path.exists(path):
@@ -279,6 +287,10 @@ def _local(path: str, raw: str) -> str:
             f"handle {raw!r} is a local path, and {path} does not exist: check the path.{_handles.suggest_remote(raw)}",
             handle=raw,
         )
+    if _is_local_archive(path):
+        from .local import extracted
+
+        return extracted(path, shown, settings)
     return path
 
 

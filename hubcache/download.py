@@ -20,7 +20,7 @@ import re
 import sys
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import requests
 import urllib3
@@ -29,7 +29,7 @@ from .cancel import shutdown
 from .config import Settings
 from .errors import DownloadError, IntegrityError
 from .pipeline import is_compressed
-from .resolvers import ArchivePlan, LocationPlan
+from .resolvers import ArchivePlan, LocationPlan, kaggle_fallback
 from .transport import Transport, http_error, reason, redact
 
 log = logging.getLogger("hubcache")
@@ -216,29 +216,46 @@ class Body:
             )
 
 
+#: Answers after which the next route is tried: Kaggle's page route is seen
+#: answering 401, 403 and 5xx where its download API works, and 404 where the
+#: page is gone but the API is not.
+FALLBACK_STATUSES = frozenset({401, 403, 404, 410, 429}) | frozenset(range(500, 600))
+
+
+class _WebPageError(DownloadError):
+    """Markup where an archive was expected."""
+
+
 @contextmanager
 def open_archive(plan: ArchivePlan, *, handle: str, settings: Settings) -> Iterator[Body]:
-    """Open the first of ``plan.urls`` that answers with an archive."""
+    """Open the first of ``plan.urls`` that answers with an archive. A route that
+    answers an error in FALLBACK_STATUSES, or a web page, passes to the next;
+    a redirect chain that ended on a Kaggle model's page adds that model's
+    download API as a route. When every route fails, the error lists them all."""
     transport = Transport(handle, settings, plan.credentials_for)
+    routes = list(plan.urls)
+    model_page = plan.model_page
+    tried: List[Tuple[str, DownloadError]] = []
     try:
-        for index, url in enumerate(plan.urls):
-            fallback_left = index + 1 < len(plan.urls)
-            body = _open_body(transport, url, fallback_left)
-            if body is None:
+        while routes:
+            url = routes.pop(0)
+            try:
+                body = _open_body(transport, url)
+            except DownloadError as e:
+                if not (isinstance(e, _WebPageError) or e.status in FALLBACK_STATUSES):
+                    raise
+                tried.append((url, e))
+                found = kaggle_fallback(e.url or "", settings)  # (the URL is redacted: its path is intact)
+                if found is not None:
+                    model_page = model_page or found[1]
+                    if found[0] not in routes and found[0] not in (u for u, _ in tried):
+                        routes.append(found[0])
+                if not routes:
+                    raise e if len(tried) == 1 else _every_route_failed(handle, tried, model_page) from None
+                transport.failures = 0  # the next route starts with all its retries
+                log.info("%s: %s; trying %s", handle, _answer(e), redact(routes[0]))
                 continue
             try:
-                if body.is_web_page():
-                    if fallback_left:
-                        log.debug("%s: web page at %s, trying the next source", handle, redact(body.url))
-                        continue
-                    raise DownloadError(
-                        f"{handle} answered with a web page from {redact(body.url)} instead of "
-                        "an archive: the model may have been removed (tfhub.dev models that were "
-                        "not migrated to Kaggle end on a listing page), or the URL is not a "
-                        "download link. Check the handle in a browser.",
-                        handle=handle,
-                        url=redact(body.url),
-                    )
                 log.info("Downloading %s from %s", handle, redact(body.url))
                 yield body
                 return
@@ -248,23 +265,53 @@ def open_archive(plan: ArchivePlan, *, handle: str, settings: Settings) -> Itera
         transport.close()
 
 
-def _open_body(transport: Transport, url: str, fallback_left: bool) -> Optional[Body]:
-    """The body at ``url`` with its first bytes read, or None for a 404 that
-    leaves another source to try."""
+def _open_body(transport: Transport, url: str) -> Body:
+    """The body at ``url`` with its first bytes read."""
     while True:
         response, final_url = transport.get(url)
-        if response.status_code == 404 and fallback_left:
-            transport.close_response(response)
-            log.debug("%s: 404 from %s, trying the next source", transport.handle, redact(final_url))
-            return None
         if not 200 <= response.status_code < 300:
             transport.close_response(response)
             raise http_error(response.status_code, final_url, transport)
         try:
-            return Body(transport, response, url, final_url)
+            body = Body(transport, response, url, final_url)
         except _ReadError as e:  # nothing received yet: simply ask again
             transport.close_response(response)
             transport.failed(f"{redact(final_url)} sent no data ({e})", None, final_url)
+            continue
+        if body.is_web_page():
+            body.close()
+            raise _WebPageError(
+                f"{transport.handle} answered with a web page from {redact(body.url)} instead of an "
+                "archive: the model may have been removed (tfhub.dev models that were not migrated to "
+                "Kaggle end on a listing page), or the URL is not a download link. Check the handle in "
+                "a browser.",
+                handle=transport.handle,
+                url=redact(body.url),
+            )
+        return body
+
+
+def _answer(e: DownloadError) -> str:
+    if isinstance(e, _WebPageError):
+        return f"a web page from {e.url}"
+    return f"HTTP {e.status} from {e.url}"
+
+
+def _every_route_failed(
+    handle: str, tried: List[Tuple[str, DownloadError]], model_page: Optional[str]
+) -> DownloadError:
+    """One error for every route tried, with the advice of the most telling answer."""
+    lines = "".join(f"\n  - {redact(url)}: {_answer(e)}" for url, e in tried)
+    # A refusal says most (credentials, licence), then a missing model, then the rest.
+    rank = {401: 0, 403: 0, 404: 1, 410: 1}
+    worst = min((e for _, e in tried), key=lambda e: rank.get(e.status or 0, 2))
+    page = f" The model's page: {model_page}" if model_page else ""
+    return DownloadError(
+        f"could not download {handle}: every route failed:{lines}\n{worst}{page}",
+        handle=handle,
+        url=worst.url,
+        status=worst.status,
+    )
 
 
 def fetch_location(plan: LocationPlan, *, handle: str, settings: Settings) -> str:

@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from . import handles as h
 from .config import Settings
+from .errors import HandleError
 
 FORMAT_PARAM = "tf-hub-format"
 
@@ -37,6 +38,8 @@ class ArchivePlan:
     urls: Tuple[str, ...]
     require_saved_model: bool
     credentials_for: Optional[str] = None
+    #: The Kaggle model's page, for messages (a 403 needs its licence accepted there).
+    model_page: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,28 @@ def plan(handle: h.Handle, settings: Settings) -> Plan:
         return ArchivePlan(urls, require)
     if api:  # the page first, as tensorflow_hub fetches it, unless the handle is the API's URL
         urls = (api,) + urls if handle.location.startswith("/api/") else urls + (api,)
+    model_page = h.kaggle_page(handle.kaggle) if handle.kaggle else None
     # tfhub.dev redirects to Kaggle, so both kinds may need the Kaggle credentials.
-    return ArchivePlan(urls, require, credentials_for=settings.kaggle_endpoint)
+    return ArchivePlan(urls, require, credentials_for=settings.kaggle_endpoint, model_page=model_page)
+
+
+def kaggle_fallback(url: str, settings: Settings) -> Optional[Tuple[str, str]]:
+    """When ``url`` (where a redirect chain ended, e.g. tfhub.dev's) is a Kaggle
+    model version's page on the Kaggle endpoint: that version's REST download
+    URL and its canonical page. Else None."""
+    base = urlsplit(settings.kaggle_endpoint)
+    parts = urlsplit(url)
+    if (parts.scheme, parts.netloc.lower()) != (base.scheme, base.netloc.lower()):
+        return None
+    path = parts.path[len(base.path.rstrip("/")) :] if parts.path.startswith(base.path.rstrip("/")) else ""
+    try:
+        kaggle = h.parse(h.KAGGLE_PAGE.rsplit("/", 1)[0] + path).kaggle
+    except HandleError:
+        return None
+    if len(kaggle) != 5 or not kaggle[4] or not path.startswith("/models/"):
+        return None
+    instance = "/".join(quote(p, safe="") for p in kaggle)
+    return f"{settings.kaggle_endpoint}/api/v1/models/{instance}/download", h.kaggle_page(kaggle)
 
 
 def with_format(url: str, value: str) -> str:

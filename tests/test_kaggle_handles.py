@@ -285,3 +285,41 @@ def test_a_slug_entry_travels_in_a_bundle(env, hub, tmp_path, monkeypatch):
     assert r.returncode == 0, r.stderr
     r = run_cli("resolve", "kaggle://google/tiny/TensorFlow2/small/5", env=other)
     assert r.returncode == 0 and os.path.basename(r.stdout.strip()) == parse(slug).cache_key
+
+
+# ------------------------------------------------------------- Kaggle fallbacks
+
+PAGE = "/models/google/tiny/tensorFlow2/small/1"
+API = "/api/v1/models/google/tiny/tensorFlow2/small/1/download"
+
+
+@pytest.mark.parametrize("status", [401, 403, 500, 503])
+def test_the_page_route_failing_falls_back_to_the_download_api(env, hub, status, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hub.publish_kaggle("google/tiny/tensorFlow2/small/1", fake_saved_model(1))
+    hub.kaggle.fault(PAGE, status=status)
+    path = hubcache.resolve("google/tiny/tensorFlow2/small/1")
+    assert sorted(os.listdir(path)) == sorted({p.split("/")[0] for p in fake_saved_model_files()})
+    assert hub.kaggle.count(PAGE) >= 1 and hub.kaggle.count(API) == 1
+
+
+def test_a_tfhub_chain_ending_on_a_kaggle_error_falls_back_to_that_models_api(env, hub, tmp_path):
+    hub.publish_tfhub("google/tiny/1", fake_saved_model(1), kaggle="google/tiny/tensorFlow2/tiny/1")
+    long_form = "/models/google/tiny/frameworks/tensorFlow2/variations/tiny/versions/1"
+    hub.kaggle.fault(long_form, status=403)
+    path = hubcache.resolve("https://tfhub.dev/google/tiny/1")
+    assert os.path.basename(path) == cache_key("https://tfhub.dev/google/tiny/1")  # tensorflow_hub's name
+    assert hub.kaggle.count("/api/v1/models/google/tiny/tensorFlow2/tiny/1/download") == 1
+
+
+def test_when_every_route_fails_the_error_lists_them_and_names_the_page(env, hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hub.publish_kaggle("google/tiny/tensorFlow2/small/1", fake_saved_model(1), authorization="Bearer right")
+    with pytest.raises(hubcache.DownloadError) as e:
+        hubcache.resolve("kaggle://google/tiny/tensorFlow2/small/1")
+    message = str(e.value)
+    assert "every route failed" in message and f"{PAGE}?tf-hub-format=compressed: HTTP 403" in message
+    assert f"{API}: HTTP 403" in message and "accept its licence" in message
+    assert "The model's page: https://www.kaggle.com/models/google/tiny/tensorFlow2/small/1" in message
+    assert e.value.status == 403
+    assert all(r.headers.get("authorization") is None for r in hub.storage.log)  # nothing reached storage

@@ -36,6 +36,12 @@ def entry_handles(command: str, handles: Iterable[str]) -> None:
             )
 
 
+def _local_archive(path: str) -> bool:
+    from ..local import is_archive
+
+    return is_archive(path)
+
+
 def download_handles(handles: Iterable[str]) -> None:
     """``prefetch``'s HANDLE arguments must be remote: a local path there is
     almost always a handle file given without ``-f``."""
@@ -44,7 +50,7 @@ def download_handles(handles: Iterable[str]) -> None:
             parsed = parse(handle)
         except HandleError:
             continue  # fails as that handle's outcome, like any handle that cannot be fetched
-        if parsed.is_remote:
+        if parsed.is_remote or _local_archive(parsed.location):
             continue
         hint = ""
         if os.path.isfile(parsed.location):
