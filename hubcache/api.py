@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
 
     from .config import Settings
-    from .resolvers import ArchivePlan, LocationPlan
+    from .resolvers import ArchivePlan, DirectoryPlan, LocationPlan
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 _parsed: "Dict[str, _handles.Handle]" = {}  # handles seen by this process
@@ -108,6 +108,10 @@ def load(
     from .loader import load_saved_model
 
     settings = load_settings(cache_dir=cache_dir)
+    if not settings.offline and _gcs_directory(handle) and _cached(handle, cache_dir) is None:
+        # As tensorflow_hub does: TensorFlow reads the directory (its GCS filesystem, its
+        # credentials). `hubcache prefetch` copies it into the cache for offline use.
+        return load_saved_model(handle, handle=handle, tags=tags, options=options)
     for _ in range(5):  # an entry removed between resolving and locking is fetched again
         path = resolve_with(handle, settings, sha256)
         key = os.path.basename(path)
@@ -117,6 +121,13 @@ def load(
             if os.path.isdir(path):
                 return load_saved_model(path, handle=handle, tags=tags, options=options)
     return load_saved_model(path, handle=handle, tags=tags, options=options)
+
+
+def _gcs_directory(raw: str) -> bool:
+    try:
+        return _handles.parse(raw).kind == _handles.GCS_DIR
+    except HubcacheError:
+        return False  # resolve_with raises its error
 
 
 def prefetch(
@@ -244,7 +255,7 @@ def _prefetch_one(raw: str, settings: "Settings", sha256: "Optional[str]") -> "U
 def resolve_with(raw: str, settings: "Settings", sha256: "Optional[str]" = None) -> str:
     """:func:`resolve` with explicit settings."""
     from .errors import ConfigError
-    from .resolvers import ArchivePlan, LatestPlan, LocalPlan, plan
+    from .resolvers import ArchivePlan, DirectoryPlan, LatestPlan, LocalPlan, plan
 
     shown = _handles.redact(raw)  # what messages, logs and the metadata may show
     if sha256 is not None and not (len(sha256) == 64 and set(sha256) <= _HEX):
@@ -260,11 +271,13 @@ def resolve_with(raw: str, settings: "Settings", sha256: "Optional[str]" = None)
     if isinstance(how, ArchivePlan):
         return _from_archive(how, handle, shown, settings, sha256)
     if sha256 is not None:
+        what = {LocalPlan: "a local path", DirectoryPlan: "a directory"}.get(type(how), "UNCOMPRESSED mode")
         raise ConfigError(
-            f"a SHA-256 pins a downloaded archive, and {shown} is not downloaded "
-            f"({'a local path' if isinstance(how, LocalPlan) else 'UNCOMPRESSED mode'}).",
+            f"a SHA-256 pins a downloaded archive, and {shown} is not one ({what}).",
             handle=shown,
         )
+    if isinstance(how, DirectoryPlan):
+        return _from_archive(how, handle, shown, settings, None)
     if isinstance(how, LocalPlan):
         return _local(how.path, raw, shown, settings)
     from typing import cast
@@ -311,13 +324,18 @@ def _location(how: "LocationPlan", shown: str, settings: "Settings") -> str:
 
 
 def _from_archive(
-    how: "ArchivePlan", handle: "_handles.Handle", shown: str, settings: "Settings", sha256: "Optional[str]"
+    how: "Union[ArchivePlan, DirectoryPlan]",
+    handle: "_handles.Handle",
+    shown: str,
+    settings: "Settings",
+    sha256: "Optional[str]",
 ) -> str:
-    """The cache entry of a downloaded archive: the user's cache, the read-only
-    layers, or (online) a download."""
+    """The cache entry of a downloaded archive (or gs:// directory): the user's
+    cache, the read-only layers, or (online) a download."""
     import functools
 
     from .cache import Cache
+    from .resolvers import ArchivePlan
 
     cache = Cache(settings.cache_dir)
     key = handle.cache_key
@@ -332,10 +350,14 @@ def _from_archive(
     if settings.offline:
         other_archive = bool(sha256) and cache.lookup(key, require_saved_model=require).valid
         raise _offline_error(cache.entry_dir(key), shown, settings, status.problem, other_archive)
+    if isinstance(how, ArchivePlan):
+        produce = functools.partial(_download, how, shown, settings)
+    else:
+        produce = functools.partial(_fetch_directory, how, shown, settings)
     return cache.fetch(
         key,
         shown,
-        functools.partial(_download, how, shown, settings),
+        produce,
         require_saved_model=require,
         lock_timeout=settings.lock_timeout,
         sha256=sha256,
@@ -382,6 +404,12 @@ def entry_metadata(raw: str, settings: Settings) -> Optional[Dict[str, Any]]:
     if not handle.cache_key:
         return None
     return layout.read_metadata(os.path.join(settings.cache_dir, handle.cache_key))
+
+
+def _fetch_directory(how: "DirectoryPlan", handle: str, settings: "Settings", dest: str) -> "Dict[str, Any]":
+    from .gcs import fetch_directory
+
+    return fetch_directory(how, dest, handle=handle, settings=settings)
 
 
 def _download(how: ArchivePlan, handle: str, settings: Settings, dest: str) -> Dict[str, Any]:

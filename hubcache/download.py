@@ -241,6 +241,9 @@ def open_archive(plan: ArchivePlan, *, handle: str, settings: Settings) -> Itera
             url = routes.pop(0)
             try:
                 body = _open_body(transport, url)
+                if body.is_web_page():
+                    body.close()
+                    raise _web_page(transport.handle, body.url)
             except DownloadError as e:
                 if not (isinstance(e, _WebPageError) or e.status in FALLBACK_STATUSES):
                     raise
@@ -273,22 +276,30 @@ def _open_body(transport: Transport, url: str) -> Body:
             transport.close_response(response)
             raise http_error(response.status_code, final_url, transport)
         try:
-            body = Body(transport, response, url, final_url)
+            return Body(transport, response, url, final_url)
         except _ReadError as e:  # nothing received yet: simply ask again
             transport.close_response(response)
             transport.failed(f"{redact(final_url)} sent no data ({e})", None, final_url)
-            continue
-        if body.is_web_page():
-            body.close()
-            raise _WebPageError(
-                f"{transport.handle} answered with a web page from {redact(body.url)} instead of an "
-                "archive: the model may have been removed (tfhub.dev models that were not migrated to "
-                "Kaggle end on a listing page), or the URL is not a download link. Check the handle in "
-                "a browser.",
-                handle=transport.handle,
-                url=redact(body.url),
-            )
-        return body
+
+
+def _web_page(handle: str, url: str) -> DownloadError:
+    return _WebPageError(
+        f"{handle} answered with a web page from {redact(url)} instead of an archive: the model may "
+        "have been removed (tfhub.dev models that were not migrated to Kaggle end on a listing page), "
+        "or the URL is not a download link. Check the handle in a browser.",
+        handle=handle,
+        url=redact(url),
+    )
+
+
+@contextmanager
+def open_object(transport: Transport, url: str) -> Iterator[Body]:
+    """One stored object, whatever its content (a gs:// directory's file)."""
+    body = _open_body(transport, url)
+    try:
+        yield body
+    finally:
+        body.close()
 
 
 def _answer(e: DownloadError) -> str:

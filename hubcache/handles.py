@@ -36,6 +36,7 @@ TFHUB = "tfhub"
 KAGGLE = "kaggle"
 TFHUB_CN = "tfhub-cn"
 GCS = "gcs"
+GCS_DIR = "gcs-dir"
 URL = "url"
 
 TFHUB_HOSTS = frozenset({"tfhub.dev", "www.tfhub.dev"})
@@ -72,7 +73,7 @@ ACCEPTED_FORMS = """\
     or https://www.kaggle.com/api/v1/models/<owner>/<model>/<framework>/<variation>/<version>/download
     (no version: the latest)
   - the China mirror: https://hub.tensorflow.google.cn/<publisher>/<model>/<version>
-  - Google Cloud Storage: gs://<bucket>/<path>.tar.gz (or .tgz, .tar)
+  - Google Cloud Storage: gs://<bucket>/<path>.tar.gz (or .tgz, .tar), or a directory gs://<bucket>/<path>
   - any http(s) URL of a .tar or .tar.gz archive"""
 
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
@@ -323,14 +324,15 @@ def _parse_file_url(raw: str) -> Handle:
 
 def _parse_gcs(raw: str) -> Handle:
     bucket, _, obj = raw[len("gs://") :].partition("/")
-    if not bucket or not obj.lower().endswith(ARCHIVE_SUFFIXES):
+    if not bucket or not obj.strip("/") or "?" in raw or "#" in raw:
         raise HandleError(
-            f"handle {redact(raw)!r} is not a gs:// archive: hubcache fetches gs://<bucket>/<path> "
-            "ending in .tar.gz, .tgz or .tar (public objects, over HTTPS). For a SavedModel "
-            "directory on GCS, call tf.saved_model.load on it directly.",
+            f"handle {redact(raw)!r} is not a gs:// object or directory: write gs://<bucket>/<path>, "
+            "an archive (.tar.gz, .tgz, .tar) or a directory (public objects, over HTTPS).",
             handle=redact(raw),
         )
-    return Handle(raw, GCS, f"{bucket}/{obj}")
+    if obj.lower().endswith(ARCHIVE_SUFFIXES):
+        return Handle(raw, GCS, f"{bucket}/{obj}")
+    return Handle(raw, GCS_DIR, f"{bucket}/{obj}")
 
 
 def _parse_http(raw: str) -> Handle:

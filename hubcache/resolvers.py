@@ -59,7 +59,19 @@ class LatestPlan:
     credentials_for: str
 
 
-Plan = Union[LocalPlan, ArchivePlan, LocationPlan, LatestPlan]
+@dataclass(frozen=True)
+class DirectoryPlan:
+    """A ``gs://`` directory: list ``listing`` (the storage JSON API) for the
+    objects under ``prefix``, and fetch each from ``objects``/<name>."""
+
+    listing: str
+    objects: str
+    prefix: str
+    shown: str  # gs://bucket/path, for messages and the metadata
+    require_saved_model: bool = False  # judged by what it holds
+
+
+Plan = Union[LocalPlan, ArchivePlan, LocationPlan, LatestPlan, DirectoryPlan]
 
 
 def plan(handle: h.Handle, settings: Settings) -> Plan:
@@ -71,6 +83,14 @@ def plan(handle: h.Handle, settings: Settings) -> Plan:
     if kind == h.GCS:
         url = f"{settings.gcs_endpoint}/{quote(handle.location, safe='/')}"
         return ArchivePlan((url,), require)
+    if kind == h.GCS_DIR:
+        bucket, _, path = handle.location.partition("/")
+        return DirectoryPlan(
+            listing=f"{settings.gcs_endpoint}/storage/v1/b/{quote(bucket, safe='')}/o",
+            objects=f"{settings.gcs_endpoint}/{quote(bucket, safe='')}",
+            prefix=path.rstrip("/") + "/",
+            shown=f"gs://{bucket}/{path.rstrip('/')}",
+        )
     if kind == h.TFHUB_CN:
         # tensorflow_hub's documented rewrite: no format query, straight to storage.
         url = f"{settings.cn_mirror_endpoint}/tfhub-modules{handle.location}.tar.gz"

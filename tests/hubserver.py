@@ -283,7 +283,8 @@ class FakeHub:
         self.kaggle = HubServer("kaggle", lower_case_paths=True)
         self.storage = HubServer("storage", host="127.0.0.2")
         self.kaggle.route("/models", lambda req: _html("Kaggle Models: browse all models"))
-        self.latest: Dict[str, int] = {}  # owner/model/framework/variation (lower case) -> current version
+        self.latest: Dict[str, int] = {}
+        self.gcs_objects: Dict[str, Dict[str, int]] = {}  # bucket -> object name -> size  # owner/model/framework/variation (lower case) -> current version
 
     @property
     def servers(self) -> List[HubServer]:
@@ -372,6 +373,28 @@ class FakeHub:
 
         self.tfhub.route(f"/{handle_path}", tfhub_page)
         return blob
+
+    def publish_gcs_dir(self, bucket: str, prefix: str, files: Dict[str, bytes], *, page_size: int = 2) -> None:
+        """Objects ``prefix/<name>`` in a public ``bucket``, listed by the storage
+        JSON API (``/storage/v1/b/<bucket>/o?prefix=...``) ``page_size`` at a time."""
+        listed = self.gcs_objects.setdefault(bucket, {})
+        for name, data in files.items():
+            full = f"{prefix.rstrip('/')}/{name}"
+            listed[full] = len(data)
+            self.storage.put(f"/{bucket}/{full}", data)
+
+        def listing(req: Request) -> Reply:
+            names = sorted(n for n in listed if n.startswith(req.query.get("prefix", "")))
+            start = int(req.query.get("pageToken") or 0)
+            page = names[start : start + page_size]
+            answer: Dict[str, object] = {"kind": "storage#objects"}
+            if page:
+                answer["items"] = [{"name": n, "size": str(listed[n])} for n in page]
+            if start + page_size < len(names):
+                answer["nextPageToken"] = str(start + page_size)
+            return Reply(200, json.dumps(answer).encode(), {"Content-Type": "application/json"})
+
+        self.storage.route(f"/storage/v1/b/{bucket}/o", listing)
 
     def gs_location(self, kaggle_model: str) -> str:
         """Where the uncompressed protocol says a Kaggle model lives."""

@@ -4,7 +4,7 @@ import pytest
 
 from hubcache import HandleError
 from hubcache.config import load_settings
-from hubcache.handles import GCS, KAGGLE, LOCAL, TFHUB, TFHUB_CN, URL, cache_key, parse
+from hubcache.handles import GCS, GCS_DIR, KAGGLE, LOCAL, TFHUB, TFHUB_CN, URL, cache_key, parse
 from hubcache.resolvers import ArchivePlan, LocalPlan, LocationPlan, plan
 
 
@@ -116,9 +116,14 @@ def test_gcs_archives_are_fetched_over_https(suffix):
     assert plan(h, settings()).urls == (f"https://storage.googleapis.com/my-bucket/models/m{suffix}",)
 
 
-def test_gcs_without_archive_suffix_is_refused():
-    with pytest.raises(HandleError, match="tar.gz"):
-        parse("gs://bucket/saved_model_dir")
+def test_gcs_without_archive_suffix_is_a_directory():
+    assert parse("gs://bucket/saved_model_dir").kind == GCS_DIR
+
+
+@pytest.mark.parametrize("raw", ["gs://bucket", "gs://bucket/", "gs:///path", "gs://bucket/m?generation=1"])
+def test_gcs_handles_need_a_bucket_and_a_path(raw):
+    with pytest.raises(HandleError, match=r"gs://<bucket>/<path>"):
+        parse(raw)
 
 
 def test_plain_urls():

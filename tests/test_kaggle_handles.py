@@ -15,8 +15,8 @@ import pytest
 
 import hubcache
 from hubcache.config import load_settings
-from hubcache.handles import KAGGLE, LOCAL, TFHUB, TFHUB_CN, URL, cache_key, kaggle_page, parse, suggest_remote
-from hubcache.resolvers import ArchivePlan, LatestPlan, plan
+from hubcache.handles import GCS_DIR, KAGGLE, LOCAL, TFHUB, TFHUB_CN, URL, cache_key, kaggle_page, parse, suggest_remote
+from hubcache.resolvers import ArchivePlan, DirectoryPlan, LatestPlan, plan
 
 from archives import fake_saved_model, fake_saved_model_files
 from helpers import run_cli
@@ -60,9 +60,13 @@ def test_the_collection_covers_every_form_with_sixty_spellings_or_more():
 def test_every_spelling_parses_names_its_entry_and_plans_offline(raw, form, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no path of these names exists here
     settings = load_settings(environ=dict(ENDPOINTS, TFHUB_CACHE_DIR=str(tmp_path / "c")))
-    if form == "gcs_dir":  # a SavedModel directory on GCS: not downloadable yet, said so
-        with pytest.raises(hubcache.HandleError, match="tf.saved_model.load"):
-            parse(raw)
+    if form == "gcs_dir":  # listed through the storage JSON API, fetched object by object
+        handle = parse(raw)
+        how = plan(handle, settings)
+        assert handle.kind == GCS_DIR and isinstance(how, DirectoryPlan) and handle.cache_key == cache_key(raw)
+        bucket, _, path = raw[len("gs://") :].partition("/")
+        assert how.listing == f"https://storage.googleapis.com/storage/v1/b/{bucket}/o"
+        assert how.prefix == path.rstrip("/") + "/" and not how.require_saved_model
         return
     if form == "tfhub_tfjs" and not raw.split("?")[0].rstrip("/").split("/")[-1].isdigit():
         with pytest.raises(hubcache.HandleError, match="should look like"):
