@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TFHUB_ENDPOINT = "https://tfhub.dev"
 DEFAULT_KAGGLE_ENDPOINT = "https://www.kaggle.com"
+DEFAULT_KAGGLE_API_ENDPOINT = "https://api.kaggle.com"  # the RPC API of kagglehub 1.x
 DEFAULT_GCS_ENDPOINT = "https://storage.googleapis.com"
 DEFAULT_CN_MIRROR_ENDPOINT = "https://gcs.tensorflow.google.cn"
 DEFAULT_TIMEOUT = 30.0
@@ -63,6 +64,7 @@ class Settings:
     load_format: str = "COMPRESSED"
     tfhub_endpoint: str = DEFAULT_TFHUB_ENDPOINT
     kaggle_endpoint: str = DEFAULT_KAGGLE_ENDPOINT
+    kaggle_api_endpoint: str = DEFAULT_KAGGLE_API_ENDPOINT
     gcs_endpoint: str = DEFAULT_GCS_ENDPOINT
     cn_mirror_endpoint: str = DEFAULT_CN_MIRROR_ENDPOINT
     #: True/False forces the progress bar on/off; None shows it when stderr is a terminal.
@@ -140,6 +142,7 @@ def load_settings(
         load_format=_load_format(env),
         tfhub_endpoint=_endpoint(env, "HUBCACHE_TFHUB_ENDPOINT", DEFAULT_TFHUB_ENDPOINT),
         kaggle_endpoint=_endpoint(env, "HUBCACHE_KAGGLE_ENDPOINT", DEFAULT_KAGGLE_ENDPOINT),
+        kaggle_api_endpoint=_endpoint(env, "HUBCACHE_KAGGLE_API_ENDPOINT", DEFAULT_KAGGLE_API_ENDPOINT),
         gcs_endpoint=_endpoint(env, "HUBCACHE_GCS_ENDPOINT", DEFAULT_GCS_ENDPOINT),
         cn_mirror_endpoint=_endpoint(env, "HUBCACHE_CN_MIRROR_ENDPOINT", DEFAULT_CN_MIRROR_ENDPOINT),
         progress=_progress(progress, env),
@@ -166,6 +169,7 @@ SETTING_VARIABLES = (
     ("progress", ("HUBCACHE_DISABLE_PROGRESS", "TFHUB_DOWNLOAD_PROGRESS")),
     ("tfhub_endpoint", ("HUBCACHE_TFHUB_ENDPOINT",)),
     ("kaggle_endpoint", ("HUBCACHE_KAGGLE_ENDPOINT",)),
+    ("kaggle_api_endpoint", ("HUBCACHE_KAGGLE_API_ENDPOINT",)),
     ("gcs_endpoint", ("HUBCACHE_GCS_ENDPOINT",)),
     ("cn_mirror_endpoint", ("HUBCACHE_CN_MIRROR_ENDPOINT",)),
     ("timeout", ("HUBCACHE_TIMEOUT",)),

@@ -232,15 +232,17 @@ def open_archive(plan: ArchivePlan, *, handle: str, settings: Settings) -> Itera
     answers an error in FALLBACK_STATUSES, or a web page, passes to the next;
     a redirect chain that ended on a Kaggle model's page adds that model's
     download API as a route. When every route fails, the error lists them all."""
-    transport = Transport(handle, settings, plan.credentials_for)
-    routes = list(plan.urls)
+    rpc_endpoint = (settings.kaggle_api_endpoint,) if plan.rpc else ()
+    transport = Transport(handle, settings, plan.credentials_for, rpc_endpoint)
+    routes: List[Tuple[str, Optional[str]]] = [(url, None) for url in plan.urls]  # (URL, JSON to POST)
+    routes += [plan.rpc] if plan.rpc else []
     model_page = plan.model_page
     tried: List[Tuple[str, DownloadError]] = []
     try:
         while routes:
-            url = routes.pop(0)
+            url, post = routes.pop(0)
             try:
-                body = _open_body(transport, url)
+                body = _open_body(transport, url, post)
                 if body.is_web_page():
                     body.close()
                     raise _web_page(transport.handle, body.url)
@@ -251,12 +253,12 @@ def open_archive(plan: ArchivePlan, *, handle: str, settings: Settings) -> Itera
                 found = kaggle_fallback(e.url or "", settings)  # (the URL is redacted: its path is intact)
                 if found is not None:
                     model_page = model_page or found[1]
-                    if found[0] not in routes and found[0] not in (u for u, _ in tried):
-                        routes.append(found[0])
+                    if all(found[0] != u for u, _ in routes + tried):
+                        routes.insert(len(routes) - (1 if plan.rpc in routes else 0), (found[0], None))
                 if not routes:
                     raise e if len(tried) == 1 else _every_route_failed(handle, tried, model_page) from None
                 transport.failures = 0  # the next route starts with all its retries
-                log.info("%s: %s; trying %s", handle, _answer(e), redact(routes[0]))
+                log.info("%s: %s; trying %s", handle, _answer(e), redact(routes[0][0]))
                 continue
             try:
                 log.info("Downloading %s from %s", handle, redact(body.url))
@@ -268,15 +270,16 @@ def open_archive(plan: ArchivePlan, *, handle: str, settings: Settings) -> Itera
         transport.close()
 
 
-def _open_body(transport: Transport, url: str) -> Body:
-    """The body at ``url`` with its first bytes read."""
+def _open_body(transport: Transport, url: str, post: Optional[str] = None) -> Body:
+    """The body at ``url`` (or answered to the JSON ``post`` there) with its first bytes read."""
     while True:
-        response, final_url = transport.get(url)
+        response, final_url = transport.get(url, post=post)
         if not 200 <= response.status_code < 300:
             transport.close_response(response)
             raise http_error(response.status_code, final_url, transport)
         try:
-            return Body(transport, response, url, final_url)
+            # A POST is not repeated to resume: the archive's own URL is asked again.
+            return Body(transport, response, url if post is None else final_url, final_url)
         except _ReadError as e:  # nothing received yet: simply ask again
             transport.close_response(response)
             transport.failed(f"{redact(final_url)} sent no data ({e})", None, final_url)

@@ -57,6 +57,9 @@ KAGGLE_FRAMEWORKS = {
     "onnx": ("onnx", False),
     "other": ("other", False),
 }
+#: The RPC API's enum names where they do not follow from the spelling.
+_FRAMEWORK_ENUMS = {"tensorflow1": "TENSOR_FLOW_1", "tensorflow2": "TENSOR_FLOW_2", "tflite": "TF_LITE",
+                    "tfjs": "TF_JS", "pytorch": "PY_TORCH"}  # fmt: skip
 #: tfhub.dev paths of models that are not SavedModels (TFLite, TF.js).
 _NOT_SAVED_MODEL_SEGMENTS = frozenset({"lite-model", "tfjs-model"})
 #: Hosts users write without a scheme: "Did you mean https://...".
@@ -210,6 +213,13 @@ def requires_saved_model(handle: Handle) -> bool:
     if handle.kind in (TFHUB, TFHUB_CN):
         return not _NOT_SAVED_MODEL_SEGMENTS & set(handle.location.lower().split("/"))
     return False
+
+
+def kaggle_framework_enum(framework: str) -> str:
+    """The Kaggle RPC API's name for ``framework`` (any spelling):
+    ``tensorFlow2`` -> ``MODEL_FRAMEWORK_TENSOR_FLOW_2``, ``keras`` -> ``MODEL_FRAMEWORK_KERAS``."""
+    lowered = framework.lower()
+    return "MODEL_FRAMEWORK_" + _FRAMEWORK_ENUMS.get(lowered, lowered.upper())
 
 
 def kaggle_page(parts: "Tuple[str, ...]") -> str:

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 
 from .cache import utc_iso, write_atomic
 from .config import Settings
@@ -27,6 +27,9 @@ from .errors import DownloadError, OfflineError
 from .handles import Handle, cache_key
 from .layout import LATEST_SUFFIX
 from .resolvers import LatestPlan
+
+if TYPE_CHECKING:
+    from .transport import Transport
 
 log = logging.getLogger("hubcache")
 
@@ -92,18 +95,36 @@ def resolve_latest(handle: Handle, how: LatestPlan, settings: Settings) -> Tuple
 
 
 def ask_kaggle(how: LatestPlan, shown: str, settings: Settings) -> int:
-    """The current version number, as Kaggle's REST API answers it."""
-    from .transport import Transport, http_error, redact
+    """The current version number, as Kaggle's REST API answers it, or, when
+    that route fails as the download routes may, its RPC API."""
+    from .download import FALLBACK_STATUSES
+    from .transport import Transport  # noqa: F811 - at run time, imported when first asked
 
-    transport = Transport(shown, settings, how.credentials_for)
+    routes: List[Tuple[str, Optional[str]]] = [(how.url, None)] + ([how.rpc] if how.rpc else [])
+    transport = Transport(shown, settings, how.credentials_for, (settings.kaggle_api_endpoint,))
     try:
-        response, url = transport.get(how.url, {"Accept": "application/json"})
-        with response:
-            if response.status_code != 200:
-                raise http_error(response.status_code, url, transport, " (asking for its latest version)")
-            body = response.raw.read(MAX_ANSWER + 1, decode_content=True)
+        for url, post in routes[:-1]:
+            try:
+                return _ask(transport, url, post, shown)
+            except DownloadError as e:
+                if e.status not in FALLBACK_STATUSES:
+                    raise
+                log.info("%s: HTTP %s from %s; asking Kaggle's RPC API", shown, e.status, e.url)
+                transport.failures = 0
+        url, post = routes[-1]
+        return _ask(transport, url, post, shown)
     finally:
         transport.close()
+
+
+def _ask(transport: Transport, url: str, post: Optional[str], shown: str) -> int:
+    from .transport import http_error, redact
+
+    response, final_url = transport.get(url, {"Accept": "application/json"}, post=post)
+    with response:
+        if response.status_code != 200:
+            raise http_error(response.status_code, final_url, transport, " (asking for its latest version)")
+        body = response.raw.read(MAX_ANSWER + 1, decode_content=True)
     try:
         answer = json.loads(body) if len(body) <= MAX_ANSWER else None
     except ValueError:
@@ -111,10 +132,10 @@ def ask_kaggle(how: LatestPlan, shown: str, settings: Settings) -> int:
     version = _version(answer.get("versionNumber")) if isinstance(answer, dict) else None
     if version is None:
         raise DownloadError(
-            f"asked {redact(url)} for the latest version of {shown}, and the answer has no version "
+            f"asked {redact(final_url)} for the latest version of {shown}, and the answer has no version "
             "number: write the version in the handle, or try again later.",
             handle=shown,
-            url=redact(url),
+            url=redact(final_url),
         )
     return version
 

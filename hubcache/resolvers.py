@@ -7,7 +7,7 @@ Pure functions of the handle and the settings: no network, no filesystem.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from . import handles as h
@@ -40,6 +40,9 @@ class ArchivePlan:
     credentials_for: Optional[str] = None
     #: The Kaggle model's page, for messages (a 403 needs its licence accepted there).
     model_page: Optional[str] = None
+    #: The last route: a POST of this JSON to this URL, Kaggle's RPC API (which
+    #: also gets the credentials), answered by a redirect to the archive.
+    rpc: Optional[Tuple[str, str]] = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class LatestPlan:
 
     url: str
     credentials_for: str
+    #: The RPC API's GetModelInstance (URL, JSON body), asked when the REST route fails.
+    rpc: Optional[Tuple[str, str]] = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,8 @@ def plan(handle: h.Handle, settings: Settings) -> Plan:
         endpoint = settings.kaggle_endpoint
         instance = "/".join(quote(p, safe="") for p in handle.kaggle[:4])
         if handle.is_latest:
-            return LatestPlan(f"{endpoint}/api/v1/models/{instance}/get", credentials_for=endpoint)
+            get = _rpc(settings, "GetModelInstance", handle.kaggle)
+            return LatestPlan(f"{endpoint}/api/v1/models/{instance}/get", credentials_for=endpoint, rpc=get)
         api = f"{endpoint}/api/v1/models/{instance}/{handle.kaggle[4]}/download"
         if handle.location.startswith("/models/"):
             page = _join(endpoint, handle.location, handle.query)
@@ -124,8 +130,22 @@ def plan(handle: h.Handle, settings: Settings) -> Plan:
     if api:  # the page first, as tensorflow_hub fetches it, unless the handle is the API's URL
         urls = (api,) + urls if handle.location.startswith("/api/") else urls + (api,)
     model_page = h.kaggle_page(handle.kaggle) if handle.kaggle else None
+    rpc = _rpc(settings, "DownloadModelInstanceVersion", handle.kaggle) if handle.kaggle else None
     # tfhub.dev redirects to Kaggle, so both kinds may need the Kaggle credentials.
-    return ArchivePlan(urls, require, credentials_for=settings.kaggle_endpoint, model_page=model_page)
+    return ArchivePlan(urls, require, credentials_for=settings.kaggle_endpoint, model_page=model_page, rpc=rpc)
+
+
+def _rpc(settings: Settings, method: str, kaggle: Tuple[str, ...]) -> Tuple[str, str]:
+    """A call of Kaggle's ModelApiService: its URL and JSON body (camelCase, the
+    framework as the API's enum name), as kagglehub 1.x sends it."""
+    import json
+
+    owner, model, framework, variation, version = kaggle
+    body: Dict[str, Union[str, int]] = {"ownerSlug": owner, "modelSlug": model}
+    body.update(framework=h.kaggle_framework_enum(framework), instanceSlug=variation)
+    if version:
+        body["versionNumber"] = int(version)
+    return f"{settings.kaggle_api_endpoint}/v1/models.ModelApiService/{method}", json.dumps(body)
 
 
 def kaggle_fallback(url: str, settings: Settings) -> Optional[Tuple[str, str]]:

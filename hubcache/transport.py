@@ -224,13 +224,17 @@ class Transport:
     """The HTTP side of one fetch: a session, the credentials rule, and the
     count of failed attempts in a row that :meth:`failed` enforces."""
 
-    def __init__(self, handle: str, settings: Settings, credentials_for: Optional[str]) -> None:
+    def __init__(
+        self, handle: str, settings: Settings, credentials_for: Optional[str], also: Tuple[str, ...] = ()
+    ) -> None:
+        """``credentials_for`` (and the endpoints in ``also``) are the origins
+        the Kaggle credentials may go to."""
         self.handle = handle
         self.settings = settings
         self.cancellation: Optional[Cancellation] = settings.cancellation
         self.credentials = settings.kaggle_credentials() if credentials_for else None
-        origin = origin_of(credentials_for) if credentials_for else None
-        self.allowed: FrozenSet[Origin] = frozenset([origin] if origin else [])
+        origins = [origin_of(u) for u in ((credentials_for,) + also if credentials_for else ())]
+        self.allowed: FrozenSet[Origin] = frozenset(o for o in origins if o)
         self.failures = 0  # failed attempts since the last progress
         self.session = _Session()
         for prefix in ("http://", "https://"):
@@ -247,13 +251,16 @@ class Transport:
         if self.cancellation is not None:
             self.cancellation.check()
 
-    def get(self, url: str, headers: Optional[Dict[str, str]] = None) -> Tuple[requests.Response, str]:
-        """GET ``url``, following redirects and retrying transient failures.
-        Returns the final answer (any status that is not worth retrying) and its URL."""
+    def get(
+        self, url: str, headers: Optional[Dict[str, str]] = None, *, post: Optional[str] = None
+    ) -> Tuple[requests.Response, str]:
+        """GET ``url`` (or POST the JSON ``post`` to it), following redirects and
+        retrying transient failures. Returns the final answer (any status that
+        is not worth retrying) and its URL."""
         while True:
             self.check_cancelled()
             try:
-                response, final_url = self._follow(url, headers or {})
+                response, final_url = self._follow(url, headers or {}, post)
             except _HopError as e:  # named by the hop that failed, not where the chain began
                 self.failed(f"{redact(e.url)} did not answer ({reason(e.error, self.settings)})", None, e.url)
                 continue
@@ -293,10 +300,10 @@ class Transport:
         else:
             time.sleep(delay)
 
-    def _follow(self, url: str, headers: Dict[str, str]) -> Tuple[requests.Response, str]:
+    def _follow(self, url: str, headers: Dict[str, str], post: Optional[str] = None) -> Tuple[requests.Response, str]:
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                response = self._send(url, headers)
+                response = self._send(url, headers, post)
             except requests.RequestException as e:
                 raise _HopError(url, e) from None
             if not response.is_redirect:
@@ -305,6 +312,8 @@ class Transport:
             with contextlib.suppress(UnicodeError):  # as requests does: Latin-1 header, UTF-8 URL
                 location = location.encode("latin1").decode("utf8")
             self.close_response(response)
+            if response.status_code not in (307, 308):
+                post = None  # a 301/302/303 after a POST is followed with a GET, as browsers do
             try:
                 target = urljoin(url, location)
             except ValueError:
@@ -320,20 +329,30 @@ class Transport:
             url=redact(url),
         )
 
-    def _send(self, url: str, headers: Dict[str, str]) -> requests.Response:
+    def _send(self, url: str, headers: Dict[str, str], post: Optional[str] = None) -> requests.Response:
         """One request to ``url``, credentials attached by the rule; a URL that
         cannot be requested raises :class:`DownloadError` at once."""
         scheme = url.partition(":")[0].lower()
         try:
             if scheme not in ("http", "https"):
                 raise requests.exceptions.InvalidSchema(f"{scheme}:// is not http(s)")
-            prepared = self.session.prepare_request(requests.Request("GET", url, headers=headers))
+            if post is None:
+                prepared = self.session.prepare_request(requests.Request("GET", url, headers=headers))
+            else:
+                json_headers = dict(headers, **{"Content-Type": "application/json"})
+                prepared = self.session.prepare_request(
+                    requests.Request("POST", url, headers=json_headers, data=post.encode())
+                )
             assert prepared.url is not None
             carries = self.credentials is not None and may_carry_credentials(prepared.url, self.allowed)
             if self.credentials is not None and carries:
                 prepared.headers["Authorization"] = self.credentials.authorization
             log.debug(
-                "%s: GET %s%s", self.handle, redact(prepared.url), " (with Kaggle credentials)" if carries else ""
+                "%s: %s %s%s",
+                self.handle,
+                prepared.method,
+                redact(prepared.url),
+                " (with Kaggle credentials)" if carries else "",
             )
             options = self.session.merge_environment_settings(prepared.url, {}, True, None, None)
             response = self.session.send(

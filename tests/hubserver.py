@@ -40,6 +40,7 @@ class Request:
     query: Dict[str, str]
     headers: Dict[str, str]  # lower-case names
     time: float = field(default_factory=time.monotonic)
+    body: bytes = b""  # of a POST
 
 
 @dataclass
@@ -167,6 +168,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._serve(head=False)
 
+    def do_POST(self) -> None:
+        self._serve(head=False)
+
     def _serve(self, head: bool) -> None:
         hub: HubServer = self.server.hub  # type: ignore[attr-defined]
         parts = urlsplit(self.path)
@@ -177,6 +181,8 @@ class _Handler(BaseHTTPRequestHandler):
             dict(parse_qsl(parts.query, keep_blank_values=True)),
             {k.lower(): v for k, v in self.headers.items()},
         )
+        if self.command == "POST":
+            req.body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 1 << 20))
         hub._record(req)
         fault = hub._take_fault(parts.path)
         if fault and fault.status:
@@ -282,13 +288,18 @@ class FakeHub:
         self.tfhub = HubServer("tfhub")
         self.kaggle = HubServer("kaggle", lower_case_paths=True)
         self.storage = HubServer("storage", host="127.0.0.2")
+        self.kaggle_api = HubServer("kaggle-api")  # api.kaggle.com: the RPC API of kagglehub 1.x
+        self.rpc_models: Dict[tuple, Callable[[], Reply]] = {}  # (owner, model, FRAMEWORK_ENUM, variation, n)
+        self.rpc_authorization: Dict[tuple, Optional[str]] = {}
+        for method in ("DownloadModelInstanceVersion", "GetModelInstance"):
+            self.kaggle_api.route(f"/v1/models.ModelApiService/{method}", self._rpc)
         self.kaggle.route("/models", lambda req: _html("Kaggle Models: browse all models"))
         self.latest: Dict[str, int] = {}
         self.gcs_objects: Dict[str, Dict[str, int]] = {}  # bucket -> object name -> size  # owner/model/framework/variation (lower case) -> current version
 
     @property
     def servers(self) -> List[HubServer]:
-        return [self.tfhub, self.kaggle, self.storage]
+        return [self.tfhub, self.kaggle, self.storage, self.kaggle_api]
 
     def stop(self) -> None:
         for s in self.servers:
@@ -299,6 +310,7 @@ class FakeHub:
         return {
             "HUBCACHE_TFHUB_ENDPOINT": self.tfhub.url,
             "HUBCACHE_KAGGLE_ENDPOINT": self.kaggle.url,
+            "HUBCACHE_KAGGLE_API_ENDPOINT": self.kaggle_api.url,
             "HUBCACHE_GCS_ENDPOINT": self.storage.url,
             "HUBCACHE_CN_MIRROR_ENDPOINT": self.storage.url,
         }
@@ -350,7 +362,36 @@ class FakeHub:
             return Reply(200, json.dumps(answer).encode(), {"Content-Type": "application/json"})
 
         self.kaggle.route(f"/api/v1/models/{instance}/get", api_get)
+        enum = "MODEL_FRAMEWORK_" + {"tensorflow2": "TENSOR_FLOW_2", "tflite": "TF_LITE"}.get(
+            framework.lower(), framework.upper()
+        )
+
+        def rpc_download() -> Reply:
+            return Reply(302, headers={"Location": signed})
+
+        def rpc_get() -> Reply:
+            answer = {"ownerSlug": owner, "modelSlug": name, "versionNumber": self.latest[instance.lower()]}
+            return Reply(200, json.dumps(answer).encode(), {"Content-Type": "application/json"})
+
+        self.rpc_models[(owner, name, enum, variation, int(version))] = rpc_download
+        self.rpc_models[(owner, name, enum, variation, None)] = rpc_get
+        self.rpc_authorization[(owner, name)] = authorization
         return blob
+
+    def _rpc(self, req: Request) -> Reply:
+        """ModelApiService over JSON, as kagglesdk speaks it: errors as {"code", "message"}."""
+        try:
+            call = json.loads(req.body)
+            key = (call["ownerSlug"], call["modelSlug"], call["framework"], call["instanceSlug"], call.get("versionNumber"))
+        except (ValueError, KeyError, TypeError):
+            return Reply(400, b'{"code": 400, "message": "bad request"}', {"Content-Type": "application/json"})
+        wanted = self.rpc_authorization.get(key[:2])
+        if wanted and req.headers.get("authorization") != wanted:
+            return Reply(403, b'{"code": 403, "message": "Permission denied"}', {"Content-Type": "application/json"})
+        answer = self.rpc_models.get(key)
+        if answer is None:
+            return Reply(404, b'{"code": 404, "message": "Not found"}', {"Content-Type": "application/json"})
+        return answer()
 
     def publish_tfhub(self, handle_path: str, archive: bytes, *, kaggle: Optional[str] = None) -> str:
         """Publish ``publisher/model/version`` on tfhub, migrated to Kaggle as

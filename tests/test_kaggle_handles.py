@@ -204,6 +204,7 @@ def test_latest_uses_the_last_answer_when_kaggle_fails(env, hub, tmp_path, monke
     first = hubcache.resolve("google/tiny/tensorFlow2/small")
     monkeypatch.setenv("HUBCACHE_LATEST_INTERVAL", "0")
     hub.kaggle.fault("/api/v1/models/google/tiny/tensorFlow2/small/get", status=500)
+    hub.kaggle_api.fault("/v1/models.ModelApiService/GetModelInstance", status=503)
     with caplog.at_level(logging.WARNING, logger="hubcache"):
         assert hubcache.resolve("google/tiny/tensorFlow2/small") == first
     assert "could not ask Kaggle for the latest version" in caplog.text
@@ -327,3 +328,45 @@ def test_when_every_route_fails_the_error_lists_them_and_names_the_page(env, hub
     assert "The model's page: https://www.kaggle.com/models/google/tiny/tensorFlow2/small/1" in message
     assert e.value.status == 403
     assert all(r.headers.get("authorization") is None for r in hub.storage.log)  # nothing reached storage
+
+
+RPC = "/v1/models.ModelApiService/DownloadModelInstanceVersion"
+
+
+def test_when_the_page_and_the_rest_api_fail_the_rpc_api_serves(env, hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "tok")
+    hub.publish_kaggle("google/tiny/tensorFlow2/small/1", fake_saved_model(1), authorization="Bearer tok")
+    hub.kaggle.fault(PAGE, status=403)
+    hub.kaggle.fault(API, status=500)
+    path = hubcache.resolve("google/tiny/tensorflow2/small/1")
+    assert os.path.isdir(path)
+    (call,) = hub.kaggle_api.requests_to(RPC)
+    assert call.method == "POST" and call.headers["content-type"] == "application/json"
+    assert json.loads(call.body) == {
+        "ownerSlug": "google",
+        "modelSlug": "tiny",
+        "framework": "MODEL_FRAMEWORK_TENSOR_FLOW_2",
+        "instanceSlug": "small",
+        "versionNumber": 1,
+    }
+    assert call.headers["authorization"] == "Bearer tok"  # the API endpoint is Kaggle's own
+    assert all(r.headers.get("authorization") is None for r in hub.storage.log)
+
+
+def test_every_route_failing_lists_the_rpc_api_too(env, hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(hubcache.DownloadError) as e:
+        hubcache.resolve("kaggle://google/missing/keras/small/2")
+    message = str(e.value)
+    assert message.count("HTTP 404") >= 3 and f"{RPC}: HTTP 404" in message and e.value.status == 404
+
+
+def test_latest_asks_the_rpc_api_when_the_rest_route_fails(env, hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hub.publish_kaggle("google/tiny/tensorFlow2/small/6", fake_saved_model(6))
+    hub.kaggle.fault("/api/v1/models/google/tiny/tensorFlow2/small/get", status=403)
+    path = hubcache.resolve("google/tiny/tensorFlow2/small")
+    assert os.path.basename(path) == cache_key("https://www.kaggle.com/models/google/tiny/tensorFlow2/small/6")
+    (call,) = hub.kaggle_api.requests_to("/v1/models.ModelApiService/GetModelInstance")
+    assert "versionNumber" not in json.loads(call.body)
