@@ -9,6 +9,7 @@ import os
 import pytest
 
 import hubcache
+
 from archives import Member, fake_saved_model, fake_saved_model_files, make_tar, read_tree, tar_directory
 from helpers import leftovers, run_cli
 
