@@ -16,6 +16,7 @@ import time
 from . import handles as _handles
 from . import layout
 from .errors import HubcacheError
+from .redaction import redact as _redact
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing (2 ms) on the warm path
 
@@ -160,7 +161,7 @@ def prefetch(
     if isinstance(handles, (str, bytes)):
         raise TypeError(
             f"prefetch() takes a list of handles, not a single string: write "
-            f"prefetch([{_handles.redact(str(handles))!r}]) (or use resolve() for one handle)."
+            f"prefetch([{_redact(str(handles))!r}]) (or use resolve() for one handle)."
         )
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise TypeError(f"prefetch(jobs=...) takes a whole number of at least 1, not {jobs!r}.")
@@ -216,7 +217,7 @@ def iter_prefetch(
             except Cancelled:
                 return
             except BaseException as e:  # a bug: reported for this handle, not lost in a thread
-                done.put((handle, HubcacheError(f"{_handles.redact(handle)}: unexpected {type(e).__name__}: {e}")))
+                done.put((handle, HubcacheError(f"{_redact(handle)}: unexpected {type(e).__name__}: {e}")))
 
     # Daemon threads: a worker stuck connecting to a silent server must not
     # keep the interpreter from exiting after Ctrl-C.
@@ -257,7 +258,7 @@ def resolve_with(raw: str, settings: "Settings", sha256: "Optional[str]" = None)
     from .errors import ConfigError
     from .resolvers import ArchivePlan, DirectoryPlan, LatestPlan, LocalPlan, plan
 
-    shown = _handles.redact(raw)  # what messages, logs and the metadata may show
+    shown = _redact(raw)  # what messages, logs and the metadata may show
     if sha256 is not None and not (len(sha256) == 64 and set(sha256) <= _HEX):
         raise ConfigError(f"the SHA-256 given for {shown} is not 64 hex digits: {sha256!r}.", handle=shown)
     handle = _handles.parse(raw)

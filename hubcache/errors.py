@@ -13,6 +13,8 @@ Messages name the handle and say what to do next.
 
 from __future__ import annotations
 
+from .redaction import redact
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing (2 ms) on the warm path
 
 if TYPE_CHECKING:
@@ -116,8 +118,6 @@ class PrefetchError(HubcacheError):
     """
 
     def __init__(self, paths: "dict[str, str]", errors: "dict[str, HubcacheError]") -> None:
-        from .handles import redact  # here: handles imports this module
-
         lines = [f"{len(errors)} of {len(paths) + len(errors)} handles failed:"]
         lines += [f"  {redact(handle)}: {error}" for handle, error in errors.items()]
         super().__init__("\n".join(lines))

@@ -21,6 +21,7 @@ from .errors import HandleError
 from .fs import read_blocks, remove_tree, walk
 from .handles import saved_model_required
 from .layout import DESCRIPTOR_SUFFIX, IMPORT_PREFIX, KEY_LENGTH, METADATA_SUFFIX, TMP_INFIX, TRASH_INFIX
+from .redaction import redact
 
 OK, FOREIGN, DAMAGED, INCOMPLETE = "ok", "foreign", "damaged", "incomplete"
 
@@ -224,10 +225,10 @@ def find(cache: Cache, handle: str, readonly: bool = False) -> Optional[Entry]:
     if not parsed.is_remote:
         # A local path has no cache entry: its key would be "" and name the root.
         raise HandleError(
-            f"{handles.redact(handle)} is a local path, not a cached handle: local models are used "
+            f"{redact(handle)} is a local path, not a cached handle: local models are used "
             "where they are, so there is no cache entry to act on. Give the URL or id it was "
             "fetched under (`hubcache ls` lists them).",
-            handle=handles.redact(handle),
+            handle=redact(handle),
         )
     if parsed.is_latest:  # the entry of the version it last resolved to
         from .latest import read_record

@@ -36,7 +36,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from . import _keras_compat as _compat
 from .errors import ConfigError, HandleError, NotSupportedError
-from .handles import redact
+from .redaction import redact
 
 tf, keras, _KERAS2 = _compat.import_keras()
 _Layer: Any = keras.layers.Layer

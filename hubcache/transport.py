@@ -38,7 +38,7 @@ from ._version import __version__
 from .cancel import Cancellation
 from .config import Settings
 from .errors import DownloadError
-from .handles import redact_text
+from .redaction import redact_text
 
 log = logging.getLogger("hubcache")
 

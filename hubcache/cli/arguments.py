@@ -12,7 +12,8 @@ import os
 from typing import Callable, Iterable
 
 from ..errors import HandleError
-from ..handles import parse, redact
+from ..handles import parse
+from ..redaction import redact
 from .output import UsageError
 
 #: What a module's ``add_commands`` is given: it adds a subcommand (name, handler,

@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Mapping, Optional
 from .._version import __version__
 from ..config import SETTING_VARIABLES, kaggle_credentials, load_settings
 from ..errors import ConfigError
-from ..handles import redact
 from ..inventory import format_size
+from ..redaction import redact
 from .arguments import Command
 from .output import EXIT_FAILED, Result, table
 

@@ -15,8 +15,9 @@ from ..api import entry_metadata, iter_prefetch, resolve_with
 from ..cache import Cache, write_atomic
 from ..config import Settings
 from ..errors import ConfigError, HubcacheError
-from ..handles import parse, redact
+from ..handles import parse
 from ..inventory import Entry, find, format_size, layers
+from ..redaction import redact
 from .arguments import Command, download_handles, entry_handles, output_file
 from .helptext import EXPORT_EPILOG, IMPORT_EPILOG, PREFETCH_EPILOG, RESOLVE_EPILOG
 from .output import EXIT_FAILED, EXIT_OK, Result, UsageError, count_entries, error, say, table

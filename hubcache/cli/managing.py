@@ -10,7 +10,6 @@ from ..api import resolve_with
 from ..cache import Cache
 from ..config import Settings, parse_size
 from ..errors import ConfigError, HubcacheError, TensorFlowNotInstalled
-from ..handles import REDACTED, redact
 from ..inventory import (
     DAMAGED,
     FOREIGN,
@@ -28,6 +27,7 @@ from ..inventory import (
     verify,
 )
 from ..loader import signatures
+from ..redaction import REDACTED, redact
 from .arguments import Command, entry_handles
 from .helptext import INFO_EPILOG, LS_EPILOG, PRUNE_EPILOG, RM_EPILOG, VERIFY_EPILOG
 from .output import (

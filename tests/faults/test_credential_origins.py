@@ -43,7 +43,7 @@ import requests
 from requests.structures import CaseInsensitiveDict
 
 import hubcache
-from hubcache import handles as hubcache_handles
+from hubcache import redaction
 from hubcache import transport as transport_module
 from hubcache.config import load_settings
 from hubcache.errors import DownloadError, HubcacheError
@@ -726,11 +726,9 @@ def test_fuzzed_authorities_never_carry_credentials_elsewhere(creds, setup, caps
 
 def _blames(message: str, url: str) -> bool:
     """Whether an error ``message`` says ``url`` itself cannot be requested
-    (however hubcache shows it: ``redact``, or ``handles.redact_text`` if any)."""
+    (however hubcache shows it: ``redact`` or ``redact_text``)."""
     shown = {transport_module.redact(url), url}
-    redact_text = getattr(hubcache_handles, "redact_text", None)
-    if redact_text is not None:
-        shown.add(redact_text(url))
+    shown.add(redaction.redact_text(url))
     return any(f"{s} cannot be requested" in message for s in shown)
 
 
