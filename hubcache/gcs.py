@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import quote, urlencode
 
-from .archive import _Budget
+from .archive import Budget
 from .config import Settings
 from .errors import DownloadError, IntegrityError
 from .resolvers import DirectoryPlan
@@ -66,7 +66,7 @@ def fetch_directory(how: DirectoryPlan, dest: str, *, handle: str, settings: Set
 
 
 def _list(transport: Transport, how: DirectoryPlan, handle: str, settings: Settings) -> List[_Object]:
-    budget = _Budget(handle, settings.limits())
+    budget = Budget(handle, settings.limits())
     objects: List[_Object] = []
     token: Optional[str] = None
     for _ in range(MAX_PAGES):

@@ -67,18 +67,18 @@ _NOT_SAVED_MODEL_SEGMENTS = frozenset({"lite-model", "tfjs-model"})
 _SCHEMELESS_HOSTS = ("tfhub.dev", "www.kaggle.com", "kaggle.com", "hub.tensorflow.google.cn", "storage.googleapis.com")
 KAGGLE_HOSTS = frozenset({"www.kaggle.com", "kaggle.com"})
 TFHUB_CN_HOST = "hub.tensorflow.google.cn"
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 ACCEPTED_FORMS = """\
-  - a local directory: /models/m, ./m, ~/m, file:///models/m
+  - a local directory or archive: /models/m, ./m, ~/m, ./model.tar.gz, file:///models/m
   - tfhub.dev: https://tfhub.dev/<publisher>/<model>/<version>
   - Kaggle: https://www.kaggle.com/models/<owner>/<model>/<framework>/<variation>[/<version>],
     <owner>/<model>/<framework>/<variation>[/<version>], kaggle://<owner>/<model>/<framework>/<variation>[/<version>]
     or https://www.kaggle.com/api/v1/models/<owner>/<model>/<framework>/<variation>/<version>/download
     (no version: the latest)
   - the China mirror: https://hub.tensorflow.google.cn/<publisher>/<model>/<version>
-  - Google Cloud Storage: gs://<bucket>/<path>.tar.gz (or .tgz, .tar), or a directory gs://<bucket>/<path>
-  - any http(s) URL of a .tar or .tar.gz archive"""
+  - Google Cloud Storage: gs://<bucket>/<path>.tar.gz (or .tgz, .tar, .zip), or a directory gs://<bucket>/<path>
+  - any http(s) URL of a .tar, .tar.gz or .zip archive"""
 
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
 
@@ -272,7 +272,7 @@ def _parse_gcs(raw: str) -> Handle:
     if not bucket or not obj.strip("/") or "?" in raw or "#" in raw:
         raise HandleError(
             f"handle {redact(raw)!r} is not a gs:// object or directory: write gs://<bucket>/<path>, "
-            "an archive (.tar.gz, .tgz, .tar) or a directory (public objects, over HTTPS).",
+            "an archive (.tar.gz, .tgz, .tar, .zip) or a directory (public objects, over HTTPS).",
             handle=redact(raw),
         )
     if obj.lower().endswith(ARCHIVE_SUFFIXES):

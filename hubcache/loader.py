@@ -42,11 +42,16 @@ _OPENERS = (
     (".tflite", "a TFLite model: tf.lite.Interpreter(model_path={file!r})"),
     ("model.json", "a TF.js model: load it with TensorFlow.js (tf.loadGraphModel or tf.loadLayersModel)"),
     (".keras", "a Keras model: keras.models.load_model({file!r})"),
+    # Before the weights files such a directory also holds: the configuration says what it is.
+    (
+        "config.json",
+        "a preset with its configuration: keras_hub.models.Backbone.from_preset({dir!r}) for keras-hub, "
+        "or from_pretrained({dir!r}) for transformers",
+    ),
     (".h5", "a Keras HDF5 file: keras.models.load_model({file!r})"),
     (".pt", "PyTorch weights: torch.load({file!r})"),
     (".pth", "PyTorch weights: torch.load({file!r})"),
-    (".safetensors", "safetensors weights: safetensors.torch.load_file({file!r}), or a transformers/keras-hub loader"),
-    ("config.json", "a model configuration (transformers or keras-hub): open the directory with that library"),
+    (".safetensors", "safetensors weights: safetensors.torch.load_file({file!r})"),
 )
 
 
@@ -77,7 +82,7 @@ def _how_to_open(path: str) -> str:
         for name in files:
             if name.lower().endswith(suffix):
                 full = path if os.path.isfile(path) else os.path.join(path, name)
-                return f" It holds {advice.format(file=full)}."
+                return f" It holds {advice.format(file=full, dir=os.path.dirname(full))}."
     return ""
 
 

@@ -25,6 +25,7 @@ MAX_LINK_HOPS = 40  # symlinks followed to resolve one path, as Linux's MAXSYMLI
 _LINK_STEPS = (1 << 20, 64)  # steps to resolve every symlink: a base, plus per link
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)
+_MAX_LINK = 4096  # the longest symlink target read from a file (PATH_MAX)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_BINARY
 # Errors from creating a member that its name causes (too long, a clash with
 # another member, a name the filesystem refuses): the archive's fault, not the cache's.
@@ -47,7 +48,8 @@ class Member(Protocol):
 
 class Reader(Protocol):
     def data(self, size: int) -> Iterable[Any]:
-        """The current member's content, ``size`` bytes, in bytes-like pieces."""
+        """The current member's content, ``size`` bytes, in bytes-like pieces (a
+        zip member's size may be known only after its data: the reader checks it)."""
 
 
 @dataclass
@@ -157,28 +159,51 @@ class SafeWriter:
     def _write_file(self, member: Member, reader: Reader, rel: str, target: str) -> None:
         mode = 0o777 if member.mode & 0o100 else 0o666  # the umask trims it
         fd = self._os(member.name, os.open, target, _CREATE, mode)
-        crc = 0
+        crc = written = 0
         try:
             for piece in reader.data(member.size):
                 crc = crc32(piece, crc)
+                written += len(piece)
                 while piece:
                     piece = piece[os.write(fd, piece) :]
         finally:
             os.close(fd)
-        self.result.files[rel] = member.size
+        self.result.files[rel] = written  # counted: a zip member's size may come after its data
         self.result.crc32[rel] = crc
 
+    def file_to_symlink(self, name: str) -> None:
+        """Make the file written for the member ``name`` a symlink to the path it
+        holds, through the checks of a symlink member: a zip declares a symlink
+        only in its central directory, after its data (the target) was written.
+        Nothing was written under that file: a member there was refused."""
+        rel = self._relative(name)
+        target = os.path.join(self.dest, rel)
+        if self.result.files.get(rel, _MAX_LINK + 1) > _MAX_LINK:
+            raise self._refuse(name, f"is a symlink whose target is over {_MAX_LINK} bytes, or not a file")
+        fd = self._os(name, os.open, target, os.O_RDONLY | _O_NOFOLLOW | _O_BINARY)
+        try:
+            link = os.read(fd, _MAX_LINK + 1).decode("utf-8", "surrogateescape")
+        finally:
+            os.close(fd)
+        self._check_link(name, rel, link)
+        os.unlink(target)
+        del self.result.files[rel], self.result.crc32[rel]
+        self._os(name, os.symlink, link, target)
+        self.result.links[rel] = link
+
     def _make_symlink(self, member: Member, rel: str, target: str) -> None:
-        link = member.linkname
+        self._check_link(member.name, rel, member.linkname)
+        self._os(member.name, os.symlink, member.linkname, target)
+        self.result.links[rel] = member.linkname
+
+    def _check_link(self, name: str, rel: str, link: str) -> None:
         if not link or link.startswith("/") or (len(link) > 1 and link[1] == ":") or "\0" in link:
-            raise self._refuse(member.name, f"is a symlink to an absolute or invalid path ({link!r})")
+            raise self._refuse(name, f"is a symlink to an absolute or invalid path ({link!r})")
         if link.count("/") >= 2 * MAX_DEPTH:
-            raise self._refuse(member.name, f"is a symlink to a path over {2 * MAX_DEPTH} levels deep")
+            raise self._refuse(name, f"is a symlink to a path over {2 * MAX_DEPTH} levels deep")
         resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), link))
         if resolved == ".." or resolved.startswith("../"):
-            raise self._refuse(member.name, f"is a symlink pointing outside the model ({link!r})")
-        self._os(member.name, os.symlink, link, target)
-        self.result.links[rel] = link
+            raise self._refuse(name, f"is a symlink pointing outside the model ({link!r})")
 
     def check_links(self) -> None:
         """Resolve every symlink against the final tree, as the kernel would: a

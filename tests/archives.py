@@ -215,3 +215,139 @@ def extract_within(seconds: float, chunks, dest, **kwargs):
     if "error" in out:
         raise out["error"]
     return out["result"]
+
+
+# --------------------------------------------------------------------- zips
+# Real ones from Python's zipfile and Info-ZIP's zip, and hand-made hostile ones
+# (see the record layouts in hubcache/zip.py).
+
+
+class Unseekable(io.RawIOBase):
+    """A write-only stream: zipfile then writes data descriptors, as to a pipe."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.data += b
+        return len(b)
+
+
+def make_zip(files, method: str = "deflate", *, stream: bool = False, zip64: bool = False,
+             symlinks: Optional[Dict[str, str]] = None, dirs: Iterable[str] = ()) -> bytes:
+    """A zip by Python's zipfile of ``files`` ({name: data} or pairs); ``stream``
+    writes it to an unseekable stream (data descriptors), ``zip64`` forces zip64
+    headers, ``symlinks`` ({name: target}) are Unix symlink entries."""
+    import zipfile
+
+    compression = {"store": zipfile.ZIP_STORED, "deflate": zipfile.ZIP_DEFLATED, "bzip2": zipfile.ZIP_BZIP2,
+                   "lzma": zipfile.ZIP_LZMA}[method]
+    out = Unseekable() if stream else io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression) as z:
+        for d in dirs:
+            info = zipfile.ZipInfo(d.rstrip("/") + "/", (2023, 1, 1, 0, 0, 0))
+            info.external_attr = (0o40755 << 16) | 0x10
+            z.writestr(info, b"")
+        for name, data in (files.items() if isinstance(files, dict) else files):
+            info = zipfile.ZipInfo(name, (2023, 1, 1, 0, 0, 0))
+            info.compress_type = compression
+            info.external_attr = 0o100644 << 16
+            with z.open(info, "w", force_zip64=zip64) as f:
+                f.write(data)
+        for name, target in (symlinks or {}).items():
+            info = zipfile.ZipInfo(name, (2023, 1, 1, 0, 0, 0))
+            info.create_system = 3
+            info.external_attr = 0o120777 << 16
+            z.writestr(info, target)
+    return bytes(out.data) if stream else out.getvalue()
+
+
+def info_zip(tree: str, *args: str, stdin: Optional[bytes] = None) -> bytes:
+    """What Info-ZIP's ``zip ARGS`` writes to stdout, run in ``tree``: the
+    zip command must be installed (apt-get install zip); a test needing it fails without it."""
+    import shutil
+    import subprocess
+
+    if shutil.which("zip") is None:
+        raise AssertionError("Info-ZIP's zip command is not installed: apt-get install -y zip unzip")
+    done = subprocess.run(["zip", "-q", *args], cwd=tree, input=stdin, capture_output=True, check=True)
+    return done.stdout
+
+
+def write_tree(path: str, files: Dict[str, bytes]) -> None:
+    for name, data in files.items():
+        full = os.path.join(path, name)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "wb") as f:
+            f.write(data)
+
+
+@dataclass
+class ZipEntry:
+    """One member of a hand-made zip. ``local``/``central`` override fields of
+    its local header / central directory entry (name, flags, method, crc,
+    csize, usize, offset, extra, external, host, comment) with raw values."""
+
+    name: Union[str, bytes]
+    data: bytes = b""
+    method: int = 0  # 0 stored, 8 deflate (the data is compressed here)
+    flags: int = 0
+    descriptor: Optional[str] = None  # None, "sig" (with its signature), "nosig", "sig64"
+    local: Optional[Dict] = None
+    central: Optional[Dict] = None
+    in_central: bool = True
+
+
+def raw_zip(entries: Iterable[ZipEntry], *, prefix: bytes = b"", comment: bytes = b"", suffix: bytes = b"",
+            extra_central: Iterable[bytes] = (), end: Optional[Dict] = None, zip64_end: bool = False) -> bytes:
+    """A zip of ``entries``, every field right unless overridden: ``end``
+    overrides end record fields (disk, cd_disk, n_disk, n, size, offset,
+    comment_len); ``extra_central`` adds raw central entries; ``zip64_end``
+    writes zip64 end records."""
+    import struct
+    import zlib
+
+    out, centrals = bytearray(prefix), []
+    for e in entries:
+        name = e.name.encode() if isinstance(e.name, str) else e.name
+        body = e.data
+        if e.method == 8:
+            c = zlib.compressobj(6, zlib.DEFLATED, -15)
+            body = c.compress(body) + c.flush()
+        crc = zlib.crc32(e.data)
+        flags = e.flags | (8 if e.descriptor else 0)
+        f = dict(name=name, flags=flags, method=e.method, crc=crc, csize=len(body), usize=len(e.data), extra=b"",
+                 offset=len(out), external=0o100644 << 16, host=3, comment=b"")
+        lf = dict(f, **(e.local or {}))
+        if e.descriptor and not e.local:
+            lf.update(crc=0, csize=0, usize=0)
+        out += b"PK\x03\x04" + struct.pack("<HHHHHIIIHH", 20, lf["flags"], lf["method"], 0, 0, lf["crc"], lf["csize"],
+                                           lf["usize"], len(lf["name"]), len(lf["extra"])) + lf["name"] + lf["extra"]
+        out += body
+        if e.descriptor:
+            sig = b"" if e.descriptor == "nosig" else b"PK\x07\x08"
+            fmt = "<IQQ" if e.descriptor == "sig64" else "<III"
+            out += sig + struct.pack(fmt, crc, len(body), len(e.data))
+        cf = dict(f, **(e.central or {}))
+        if e.in_central:
+            centrals.append(b"PK\x01\x02" + struct.pack(
+                "<BBHHHHHIIIHHHHHII", 20, cf["host"], 20, cf["flags"], cf["method"], 0, 0, cf["crc"], cf["csize"],
+                cf["usize"], len(cf["name"]), len(cf["extra"]), len(cf["comment"]), 0, 0, cf["external"], cf["offset"],
+            ) + cf["name"] + cf["extra"] + cf["comment"])
+    centrals += list(extra_central)
+    start, cd = len(out), b"".join(centrals)
+    out += cd
+    n = len(centrals)
+    ef = dict(disk=0, cd_disk=0, n_disk=n, n=n, size=len(cd), offset=start, comment_len=len(comment))
+    if zip64_end:
+        at = len(out)
+        out += b"PK\x06\x06" + struct.pack("<QHHIIQQQQ", 44, 45, 45, 0, 0, n, n, len(cd), start)
+        out += b"PK\x06\x07" + struct.pack("<IQI", 0, at, 1)
+        ef.update(n_disk=0xFFFF, n=0xFFFF, size=0xFFFFFFFF, offset=0xFFFFFFFF)
+    ef.update(end or {})
+    out += b"PK\x05\x06" + struct.pack("<HHHHIIH", ef["disk"], ef["cd_disk"], ef["n_disk"], ef["n"], ef["size"],
+                                       ef["offset"], ef["comment_len"]) + comment
+    return bytes(out) + suffix

@@ -109,11 +109,16 @@ def test_china_mirror_rewrite():
     assert p.urls == ("https://gcs.tensorflow.google.cn/tfhub-modules/google/nnlm-en-dim128/2.tar.gz",)
 
 
-@pytest.mark.parametrize("suffix", [".tar.gz", ".tgz", ".tar"])
+@pytest.mark.parametrize("suffix", [".tar.gz", ".tgz", ".tar", ".zip"])
 def test_gcs_archives_are_fetched_over_https(suffix):
     h = parse(f"gs://my-bucket/models/m{suffix}")
     assert h.kind == GCS
     assert plan(h, settings()).urls == (f"https://storage.googleapis.com/my-bucket/models/m{suffix}",)
+
+
+def test_a_zip_url_is_fetched_as_written():
+    raw = "https://example.com/m.zip?X-Amz-Signature=abc"
+    assert plan(parse(raw), settings()).urls == (raw,)
 
 
 def test_gcs_without_archive_suffix_is_a_directory():

@@ -18,7 +18,7 @@ from hubcache.config import load_settings
 from hubcache.handles import GCS_DIR, KAGGLE, LOCAL, TFHUB, TFHUB_CN, URL, cache_key, kaggle_page, parse, suggest_remote
 from hubcache.resolvers import ArchivePlan, DirectoryPlan, LatestPlan, plan
 
-from archives import fake_saved_model, fake_saved_model_files
+from archives import fake_saved_model, fake_saved_model_files, read_tree
 from helpers import run_cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -370,3 +370,16 @@ def test_latest_asks_the_rpc_api_when_the_rest_route_fails(env, hub, tmp_path, m
     assert os.path.basename(path) == cache_key("https://www.kaggle.com/models/google/tiny/tensorFlow2/small/6")
     (call,) = hub.kaggle_api.requests_to("/v1/models.ModelApiService/GetModelInstance")
     assert "versionNumber" not in json.loads(call.body)
+
+
+def test_a_zip_bundle_of_a_keras_variation(env, hub, tmp_path, monkeypatch):
+    from archives import make_zip
+
+    monkeypatch.chdir(tmp_path)
+    files = {"config.json": b'{"name": "gemma"}', "model.weights.h5": b"\x89HDF" + bytes(500)}
+    hub.publish_kaggle("keras/gemma/keras/gemma_2b_en/2", make_zip(files))
+    path = hubcache.resolve("kaggle://keras/gemma/Keras/gemma_2b_en/2")
+    assert read_tree(path) == files
+    pytest.importorskip("tensorflow")
+    with pytest.raises(hubcache.ModelNotFoundError, match="keras-hub"):
+        hubcache.load("keras/gemma/keras/gemma_2b_en/2")

@@ -80,3 +80,12 @@ def test_load_of_a_local_saved_model_archive(env, tmp_path, saved_model_dir, tf)
     archive.write_bytes(tar_directory(saved_model_dir))
     model = hubcache.load(str(archive))
     assert model(tf.constant([1.0, 2.0])).numpy().tolist() == [4.0, 7.0]
+
+
+def test_a_local_zip_is_extracted_like_a_tar(env, cache_dir, tmp_path):
+    from archives import make_zip
+
+    archive = tmp_path / "model.zip"
+    archive.write_bytes(make_zip(fake_saved_model_files(5)))
+    path = hubcache.resolve(f"file://{archive}")
+    assert read_tree(path) == fake_saved_model_files(5) and os.path.dirname(path) == cache_dir
