@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
 
     from .config import Settings
-    from .resolvers import ArchivePlan, DirectoryPlan, LocationPlan
+    from .resolvers import LocationPlan
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 _parsed: "Dict[str, _handles.Handle]" = {}  # handles seen by this process
@@ -255,6 +255,7 @@ def _prefetch_one(raw: str, settings: "Settings", sha256: "Optional[str]") -> "U
 
 def resolve_with(raw: str, settings: "Settings", sha256: "Optional[str]" = None) -> str:
     """:func:`resolve` with explicit settings."""
+    from .entries import remote_entry
     from .errors import ConfigError
     from .resolvers import ArchivePlan, DirectoryPlan, LatestPlan, LocalPlan, plan
 
@@ -270,7 +271,7 @@ def resolve_with(raw: str, settings: "Settings", sha256: "Optional[str]" = None)
         shown = handle.shown
         how = plan(handle, settings)
     if isinstance(how, ArchivePlan):
-        return _from_archive(how, handle, shown, settings, sha256)
+        return remote_entry(how, handle, shown, settings, sha256)
     if sha256 is not None:
         what = {LocalPlan: "a local path", DirectoryPlan: "a directory"}.get(type(how), "UNCOMPRESSED mode")
         raise ConfigError(
@@ -278,7 +279,7 @@ def resolve_with(raw: str, settings: "Settings", sha256: "Optional[str]" = None)
             handle=shown,
         )
     if isinstance(how, DirectoryPlan):
-        return _from_archive(how, handle, shown, settings, None)
+        return remote_entry(how, handle, shown, settings, None)
     if isinstance(how, LocalPlan):
         return _local(how.path, raw, shown, settings)
     from typing import cast
@@ -319,78 +320,9 @@ def _location(how: "LocationPlan", shown: str, settings: "Settings") -> str:
             "HUBCACHE_OFFLINE and TFHUB_MODEL_LOAD_FORMAT.",
             handle=shown,
         )
-    from .download import fetch_location
+    from .entries import fetch_location
 
     return fetch_location(how, handle=shown, settings=settings)
-
-
-def _from_archive(
-    how: "Union[ArchivePlan, DirectoryPlan]",
-    handle: "_handles.Handle",
-    shown: str,
-    settings: "Settings",
-    sha256: "Optional[str]",
-) -> str:
-    """The cache entry of a downloaded archive (or gs:// directory): the user's
-    cache, the read-only layers, or (online) a download."""
-    import functools
-
-    from .cache import Cache
-    from .resolvers import ArchivePlan
-
-    cache = Cache(settings.cache_dir)
-    key = handle.cache_key
-    require = how.require_saved_model
-    status = cache.lookup(key, require_saved_model=require, sha256=sha256, touch=True)
-    if status.path is not None:
-        return status.path
-    for layer in settings.readonly_dirs:  # a team's shared cache, behind the user's own
-        found = Cache(layer).lookup(key, require_saved_model=require, sha256=sha256)
-        if found.path is not None:
-            return found.path
-    if settings.offline:
-        other_archive = bool(sha256) and cache.lookup(key, require_saved_model=require).valid
-        raise _offline_error(cache.entry_dir(key), shown, settings, status.problem, other_archive)
-    if isinstance(how, ArchivePlan):
-        produce = functools.partial(_download, how, shown, settings)
-    else:
-        produce = functools.partial(_fetch_directory, how, shown, settings)
-    return cache.fetch(
-        key,
-        shown,
-        produce,
-        require_saved_model=require,
-        lock_timeout=settings.lock_timeout,
-        sha256=sha256,
-        cancellation=settings.cancellation,
-    )
-
-
-def _offline_error(
-    directory: str, shown: str, settings: "Settings", problem: "Optional[str]", other_archive: bool
-) -> HubcacheError:
-    """Why ``shown`` cannot be had offline: an entry fetched from another archive
-    than the pin names, a damaged entry, or none."""
-    from .errors import IntegrityError, OfflineError
-
-    if other_archive:
-        return IntegrityError(
-            f"the cached copy of {shown} does not match the expected SHA-256: {problem}. "
-            "Offline, it cannot be fetched again: prefetch the pinned version on a connected "
-            "machine, or check the pin.",
-            handle=shown,
-        )
-    state = (
-        f"its cached copy in {directory} is damaged ({problem})"
-        if problem
-        else f"it is not in the cache at {settings.cache_dir}"
-    )
-    return OfflineError(
-        f"{shown} is not available offline: {state}, and HUBCACHE_OFFLINE=1 forbids "
-        f"downloading it. On a connected machine, run `hubcache prefetch {shown}` with the "
-        "same TFHUB_CACHE_DIR and copy the cache here, or unset HUBCACHE_OFFLINE.",
-        handle=shown,
-    )
 
 
 def entry_metadata(raw: str, settings: Settings) -> Optional[Dict[str, Any]]:
@@ -405,46 +337,3 @@ def entry_metadata(raw: str, settings: Settings) -> Optional[Dict[str, Any]]:
     if not handle.cache_key:
         return None
     return layout.read_metadata(os.path.join(settings.cache_dir, handle.cache_key))
-
-
-def _fetch_directory(how: "DirectoryPlan", handle: str, settings: "Settings", dest: str) -> "Dict[str, Any]":
-    from .gcs import fetch_directory
-
-    return fetch_directory(how, dest, handle=handle, settings=settings)
-
-
-def _download(how: ArchivePlan, handle: str, settings: Settings, dest: str) -> Dict[str, Any]:
-    """Stream the archive into ``dest``; return what the cache records about it."""
-    import dataclasses
-    import logging
-
-    from .archive import extract
-    from .cancel import Cancellation
-    from .download import open_archive
-    from .transport import redact
-
-    # This download's own cancellation (a child of the call's): when extraction
-    # fails, or Ctrl-C arrives, its socket is shut down before the pipeline is
-    # joined, so a read blocked in the fetch thread ends at once and is not retried.
-    cancellation = Cancellation(settings.cancellation)
-    settings = dataclasses.replace(settings, cancellation=cancellation)
-    try:
-        with open_archive(how, handle=handle, settings=settings) as body:
-            started = time.monotonic()
-            extracted = extract(body.chunks(), dest, handle=handle, limits=settings.limits(), abort=cancellation.cancel)
-            seconds = max(time.monotonic() - started, 1e-6)
-            mib = body.bytes_read / (1 << 20)
-            logging.getLogger("hubcache").info(
-                "Downloaded %s: %.1f MiB in %.1f s, %.1f MiB per second", handle, mib, seconds, mib / seconds
-            )
-            return {
-                "source_url": redact(body.requested_url),
-                "downloaded_from": redact(body.url),
-                "bytes": body.bytes_read,
-                "sha256": body.sha256,
-                "files": extracted.files,
-                "crc32": extracted.crc32,
-                "links": extracted.links,
-            }
-    finally:
-        cancellation.close()

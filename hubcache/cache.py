@@ -26,6 +26,7 @@ from .cancel import Cancellation
 from .errors import ArchiveError, CacheError, CacheLockTimeout, HubcacheError, IntegrityError
 from .fs import remove_tree
 from .layout import (
+    ALIAS_SUFFIX,
     DESCRIPTOR_SUFFIX,
     IMPORT_PREFIX,
     LOCK_SUFFIX,
@@ -93,6 +94,7 @@ class Cache:
             return False
         try:
             directory = self.entry_dir(key)
+            model = (self.read_metadata(key) or {}).get("kaggle_model")
             layout.forget(directory)
             if os.path.lexists(directory):
                 trash = self._sibling(key, f"{TRASH_INFIX}{secrets.token_hex(4)}")
@@ -100,9 +102,24 @@ class Cache:
                 remove_tree(trash)
             for suffix in (METADATA_SUFFIX, DESCRIPTOR_SUFFIX, USED_SUFFIX):
                 remove_tree(self._sibling(key, suffix))  # a file, or junk of any kind
+            if isinstance(model, str):  # the record that other spellings are made from it
+                self._forget_alias(model, key)
             return True
         finally:
             lock.release()
+
+    def _forget_alias(self, model: str, key: str) -> None:
+        from .handles import cache_key
+
+        record = os.path.join(self.root, cache_key(model) + ALIAS_SUFFIX)
+        try:
+            with open(record, encoding="utf-8") as f:
+                names_this = json.load(f).get("entry") == key
+        except (OSError, ValueError, AttributeError):
+            return
+        if names_this:
+            with suppress(OSError):
+                os.remove(record)
 
     @contextmanager
     def reading(self, key: str) -> Iterator[None]:

@@ -29,7 +29,7 @@ from .cancel import shutdown
 from .config import Settings
 from .errors import DownloadError, IntegrityError
 from .pipeline import is_compressed
-from .resolvers import ArchivePlan, LocationPlan, kaggle_fallback
+from .resolvers import ArchivePlan, kaggle_fallback
 from .transport import Transport, http_error, reason, redact
 
 log = logging.getLogger("hubcache")
@@ -57,6 +57,7 @@ class Body:
     def __init__(self, transport: Transport, response: requests.Response, requested_url: str, url: str) -> None:
         self.requested_url = requested_url  # where the chain of redirects starts
         self.url = url  # the URL that answered, after redirects
+        self.chain = list(transport.chain)  # every URL on the way (a tfhub.dev chain names the Kaggle model)
         self.handle = transport.handle
         self.bytes_read = 0
         self._transport = transport
@@ -326,29 +327,6 @@ def _every_route_failed(
         url=worst.url,
         status=worst.status,
     )
-
-
-def fetch_location(plan: LocationPlan, *, handle: str, settings: Settings) -> str:
-    """The ``gs://`` location a server gives for an uncompressed model."""
-    transport = Transport(handle, settings, None)
-    try:
-        response, url = transport.get(plan.url)
-        with response:
-            body = response.raw.read(4096, decode_content=True) if response.status_code == 303 else b""
-    finally:
-        transport.close()
-    location = body.decode("utf-8", "replace").strip()
-    if response.status_code != 303 or not location.startswith("gs://"):
-        got = f"HTTP {response.status_code}" + (f" with {location[:80]!r}" if location else "")
-        raise DownloadError(
-            f"asked {redact(url)} where {handle} lives (TFHUB_MODEL_LOAD_FORMAT=UNCOMPRESSED) and "
-            f"expected '303 See Other' with a gs:// path, but got {got}. Unset "
-            "TFHUB_MODEL_LOAD_FORMAT to download the compressed model instead.",
-            handle=handle,
-            url=redact(url),
-            status=response.status_code,
-        )
-    return location
 
 
 def _content_length(response: requests.Response) -> Optional[int]:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # annotations only: importing typing costs the warm path
 
 METADATA_SUFFIX = ".hubcache.json"
 USED_SUFFIX = ".hubcache.used"
+ALIAS_SUFFIX = ".hubcache.alias"  # <sha1 of a Kaggle model version's page>: an entry holding it
 LATEST_SUFFIX = ".hubcache.latest"  # <sha1 of an unversioned handle>: the version it resolved to
 LOCK_SUFFIX = ".hubcache.lock"
 DESCRIPTOR_SUFFIX = ".descriptor.txt"

@@ -25,7 +25,7 @@ import re
 import socket
 import threading
 import time
-from typing import Any, Dict, FrozenSet, Iterator, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 import requests
@@ -236,6 +236,7 @@ class Transport:
         origins = [origin_of(u) for u in ((credentials_for,) + also if credentials_for else ())]
         self.allowed: FrozenSet[Origin] = frozenset(o for o in origins if o)
         self.failures = 0  # failed attempts since the last progress
+        self.chain: List[str] = []  # the URLs of the last request's redirect chain, in order
         self.session = _Session()
         for prefix in ("http://", "https://"):
             self.session.mount(prefix, _Adapter())
@@ -301,7 +302,9 @@ class Transport:
             time.sleep(delay)
 
     def _follow(self, url: str, headers: Dict[str, str], post: Optional[str] = None) -> Tuple[requests.Response, str]:
+        self.chain = []
         for _ in range(MAX_REDIRECTS + 1):
+            self.chain.append(url)
             try:
                 response = self._send(url, headers, post)
             except requests.RequestException as e:

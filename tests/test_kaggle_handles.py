@@ -165,11 +165,16 @@ def test_slug_kaggle_uri_and_api_url_download_once_into_one_entry(env, hub, tmp_
         assert hubcache.resolve(spelling) == path
     assert hub.storage.count() == 1
     api = "https://www.kaggle.com/api/v1/models/google/tiny/tensorFlow2/small/3/download"
-    pages = len(hub.kaggle.requests_to("/models/google/tiny/tensorFlow2/small/3"))
-    api_path = hubcache.resolve(api)  # tensorflow_hub's name for it: an entry of its own
-    assert os.path.basename(api_path) == cache_key(api)
+    api_path = hubcache.resolve(api)  # tensorflow_hub's name for it: an entry of its own, same files
+    assert os.path.basename(api_path) == cache_key(api) and read_tree(api_path) == read_tree(path)
+    assert hub.storage.count() == 1
+
+
+def test_an_api_url_is_fetched_from_the_api_first(env, hub, tmp_path):
+    hub.publish_kaggle("google/tiny/tensorFlow2/small/3", fake_saved_model(3))
+    hubcache.resolve("https://www.kaggle.com/api/v1/models/google/tiny/tensorFlow2/small/3/download")
     assert hub.kaggle.requests_to("/api/v1/models/google/tiny/tensorFlow2/small/3/download")
-    assert len(hub.kaggle.requests_to("/models/google/tiny/tensorFlow2/small/3")) == pages  # no page needed
+    assert not hub.kaggle.requests_to("/models/google/tiny/tensorFlow2/small/3")  # no page needed
 
 
 def test_latest_round_trip_offline_then_after_the_interval(env, hub, tmp_path, monkeypatch, caplog):
@@ -383,3 +388,57 @@ def test_a_zip_bundle_of_a_keras_variation(env, hub, tmp_path, monkeypatch):
     pytest.importorskip("tensorflow")
     with pytest.raises(hubcache.ModelNotFoundError, match="keras-hub"):
         hubcache.load("keras/gemma/keras/gemma_2b_en/2")
+
+
+# ------------------------------------------------------ one model, one download
+
+
+def test_every_spelling_of_one_model_version_shares_one_download(env, hub, cache_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hub.publish_tfhub("google/tiny/1", fake_saved_model(7), kaggle="google/tiny/tensorFlow2/tiny/1")
+    first = hubcache.resolve("https://tfhub.dev/google/tiny/1")  # its redirect names the Kaggle model
+    assert json.load(open(first + ".hubcache.json"))["kaggle_model"] == (
+        "https://www.kaggle.com/models/google/tiny/tensorFlow2/tiny/1"
+    )
+    monkeypatch.setenv("HUBCACHE_OFFLINE", "1")
+    before = hub.total_requests()
+    spellings = [
+        "google/tiny/tensorflow2/tiny/1",
+        "kaggle://google/tiny/TensorFlow2/tiny/1",
+        "https://www.kaggle.com/models/google/tiny/TensorFlow2/tiny/1",
+        "https://www.kaggle.com/models/google/tiny/frameworks/tensorFlow2/variations/tiny/versions/1",
+        "https://www.kaggle.com/api/v1/models/google/tiny/tensorFlow2/tiny/1/download",
+    ]
+    paths = {spelling: hubcache.resolve(spelling) for spelling in spellings}
+    assert hub.total_requests() == before  # offline, and nothing asked
+    assert hub.storage.count() == 1  # one download for all
+    for spelling, path in paths.items():
+        raw = spelling if spelling.startswith("https://") else "https://www.kaggle.com/models/google/tiny/tensorFlow2/tiny/1"
+        assert os.path.basename(path) == cache_key(raw)  # each under tensorflow_hub's name for it
+        assert read_tree(path) == fake_saved_model_files(7)
+        data = os.path.join(path, "variables", "variables.data-00000-of-00001")
+        assert os.stat(data).st_ino == os.stat(os.path.join(first, "variables", "variables.data-00000-of-00001")).st_ino
+    # Each entry stands alone: removing one leaves the others whole.
+    r = run_cli("rm", "-y", "https://tfhub.dev/google/tiny/1", env=dict(env, HUBCACHE_OFFLINE="1"))
+    assert r.returncode == 0, r.stderr
+    assert read_tree(paths["kaggle://google/tiny/TensorFlow2/tiny/1"]) == fake_saved_model_files(7)
+    record = os.path.join(cache_dir, cache_key("https://www.kaggle.com/models/google/tiny/tensorFlow2/tiny/1") + ".hubcache.alias")
+    assert not os.path.exists(record)  # it named the removed entry, and nothing else needed it
+
+
+def test_a_kaggle_spelling_fetched_first_serves_the_others(env, hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hub.publish_kaggle("google/tiny/tensorFlow2/small/2", fake_saved_model(2))
+    hubcache.resolve("https://www.kaggle.com/models/google/tiny/TensorFlow2/small/2")
+    monkeypatch.setenv("HUBCACHE_OFFLINE", "1")
+    path = hubcache.resolve("https://kaggle.com/models/google/tiny/tensorflow2/small/2")
+    assert read_tree(path) == fake_saved_model_files(2) and hub.storage.count() == 1
+
+
+def test_a_pin_is_kept_when_sharing(env, hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hub.publish_kaggle("google/tiny/tensorFlow2/small/3", fake_saved_model(3))
+    hubcache.resolve("google/tiny/tensorFlow2/small/3")
+    monkeypatch.setenv("HUBCACHE_OFFLINE", "1")
+    with pytest.raises(hubcache.OfflineError):  # another archive than the pin: not shared
+        hubcache.resolve("https://www.kaggle.com/models/google/tiny/TensorFlow2/small/3", sha256="0" * 64)

@@ -1,0 +1,168 @@
+"""How a planned remote handle becomes a cache entry: found in the user's
+cache or a read-only layer, made from another spelling's entry of the same
+Kaggle model version (:mod:`hubcache.aliases`), or downloaded and extracted
+under the entry's lock. Offline, only the first two.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union
+
+from . import handles as _handles
+from .errors import HubcacheError
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .resolvers import ArchivePlan, DirectoryPlan, LocationPlan
+
+
+def remote_entry(
+    how: "Union[ArchivePlan, DirectoryPlan]",
+    handle: "_handles.Handle",
+    shown: str,
+    settings: "Settings",
+    sha256: "Optional[str]",
+) -> str:
+    """The cache entry of a downloaded archive (or gs:// directory): the user's
+    cache, the read-only layers, or (online) a download."""
+    import functools
+
+    from . import aliases
+    from .cache import Cache
+    from .resolvers import ArchivePlan
+
+    cache = Cache(settings.cache_dir)
+    key = handle.cache_key
+    require = how.require_saved_model
+    status = cache.lookup(key, require_saved_model=require, sha256=sha256, touch=True)
+    if status.path is not None:
+        return status.path
+    for layer in settings.readonly_dirs:  # a team's shared cache, behind the user's own
+        found = Cache(layer).lookup(key, require_saved_model=require, sha256=sha256)
+        if found.path is not None:
+            return found.path
+    model = how.model_page if isinstance(how, ArchivePlan) else None  # known for Kaggle spellings
+    linked = aliases.source(cache, key, model, require, sha256)
+    if settings.offline and linked is None:
+        other_archive = bool(sha256) and cache.lookup(key, require_saved_model=require).valid
+        raise _offline_error(cache.entry_dir(key), shown, settings, status.problem, other_archive)
+    if linked is not None:  # the same model version under another name: its files, no download
+        produce = linked
+    elif isinstance(how, ArchivePlan):
+        produce = functools.partial(_download, how, shown, settings)
+    else:
+        produce = functools.partial(_fetch_directory, how, shown, settings)
+    path = cache.fetch(
+        key,
+        shown,
+        produce,
+        require_saved_model=require,
+        lock_timeout=settings.lock_timeout,
+        sha256=sha256,
+        cancellation=settings.cancellation,
+    )
+    model = model or (cache.read_metadata(key) or {}).get("kaggle_model")  # a tfhub.dev chain named it
+    if model:
+        aliases.share(cache, key, shown, model)
+    return path
+
+
+def _offline_error(
+    directory: str, shown: str, settings: "Settings", problem: "Optional[str]", other_archive: bool
+) -> HubcacheError:
+    """Why ``shown`` cannot be had offline: an entry fetched from another archive
+    than the pin names, a damaged entry, or none."""
+    from .errors import IntegrityError, OfflineError
+
+    if other_archive:
+        return IntegrityError(
+            f"the cached copy of {shown} does not match the expected SHA-256: {problem}. "
+            "Offline, it cannot be fetched again: prefetch the pinned version on a connected "
+            "machine, or check the pin.",
+            handle=shown,
+        )
+    state = (
+        f"its cached copy in {directory} is damaged ({problem})"
+        if problem
+        else f"it is not in the cache at {settings.cache_dir}"
+    )
+    return OfflineError(
+        f"{shown} is not available offline: {state}, and HUBCACHE_OFFLINE=1 forbids "
+        f"downloading it. On a connected machine, run `hubcache prefetch {shown}` with the "
+        "same TFHUB_CACHE_DIR and copy the cache here, or unset HUBCACHE_OFFLINE.",
+        handle=shown,
+    )
+
+
+def _fetch_directory(how: "DirectoryPlan", handle: str, settings: "Settings", dest: str) -> "Dict[str, Any]":
+    from .gcs import fetch_directory
+
+    return fetch_directory(how, dest, handle=handle, settings=settings)
+
+
+def _download(how: ArchivePlan, handle: str, settings: Settings, dest: str) -> Dict[str, Any]:
+    """Stream the archive into ``dest``; return what the cache records about it."""
+    import dataclasses
+    import logging
+
+    from .archive import extract
+    from .cancel import Cancellation
+    from .download import open_archive
+    from .resolvers import kaggle_fallback
+    from .transport import redact
+
+    # This download's own cancellation (a child of the call's): when extraction
+    # fails, or Ctrl-C arrives, its socket is shut down before the pipeline is
+    # joined, so a read blocked in the fetch thread ends at once and is not retried.
+    cancellation = Cancellation(settings.cancellation)
+    settings = dataclasses.replace(settings, cancellation=cancellation)
+    try:
+        with open_archive(how, handle=handle, settings=settings) as body:
+            started = time.monotonic()
+            extracted = extract(body.chunks(), dest, handle=handle, limits=settings.limits(), abort=cancellation.cancel)
+            seconds = max(time.monotonic() - started, 1e-6)
+            mib = body.bytes_read / (1 << 20)
+            logging.getLogger("hubcache").info(
+                "Downloaded %s: %.1f MiB in %.1f s, %.1f MiB per second", handle, mib, seconds, mib / seconds
+            )
+            found = next(filter(None, (kaggle_fallback(url, settings) for url in body.chain)), None)
+            model = how.model_page or (found[1] if found else None)  # the Kaggle model version it is
+            return {
+                **({"kaggle_model": model} if model else {}),
+                "source_url": redact(body.requested_url),
+                "downloaded_from": redact(body.url),
+                "bytes": body.bytes_read,
+                "sha256": body.sha256,
+                "files": extracted.files,
+                "crc32": extracted.crc32,
+                "links": extracted.links,
+            }
+    finally:
+        cancellation.close()
+
+
+def fetch_location(plan: "LocationPlan", *, handle: str, settings: "Settings") -> str:
+    """The ``gs://`` location a server gives for an uncompressed model."""
+    from .errors import DownloadError
+    from .transport import Transport, redact
+
+    transport = Transport(handle, settings, None)
+    try:
+        response, url = transport.get(plan.url)
+        with response:
+            body = response.raw.read(4096, decode_content=True) if response.status_code == 303 else b""
+    finally:
+        transport.close()
+    location = body.decode("utf-8", "replace").strip()
+    if response.status_code != 303 or not location.startswith("gs://"):
+        got = f"HTTP {response.status_code}" + (f" with {location[:80]!r}" if location else "")
+        raise DownloadError(
+            f"asked {redact(url)} where {handle} lives (TFHUB_MODEL_LOAD_FORMAT=UNCOMPRESSED) and "
+            f"expected '303 See Other' with a gs:// path, but got {got}. Unset "
+            "TFHUB_MODEL_LOAD_FORMAT to download the compressed model instead.",
+            handle=handle,
+            url=redact(url),
+            status=response.status_code,
+        )
+    return location
