@@ -7,11 +7,12 @@ which is atomic per entry and leaves entries in use alone.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 import stat
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 from . import handles
@@ -20,7 +21,15 @@ from .config import Settings
 from .errors import HandleError
 from .fs import read_blocks, remove_tree, walk
 from .handles import saved_model_required
-from .layout import DESCRIPTOR_SUFFIX, IMPORT_PREFIX, KEY_LENGTH, METADATA_SUFFIX, TMP_INFIX, TRASH_INFIX
+from .layout import (
+    DESCRIPTOR_SUFFIX,
+    IMPORT_PREFIX,
+    KEY_LENGTH,
+    LATEST_SUFFIX,
+    METADATA_SUFFIX,
+    TMP_INFIX,
+    TRASH_INFIX,
+)
 from .redaction import redact
 
 OK, FOREIGN, DAMAGED, INCOMPLETE = "ok", "foreign", "damaged", "incomplete"
@@ -50,6 +59,8 @@ class Entry:
     source_url: Optional[str]
     sha256: Optional[str]
     readonly: bool
+    #: Kaggle handles without a version that last resolved to this entry.
+    latest_of: List[str] = field(default_factory=list)
 
     def to_json(self) -> Dict[str, Any]:
         out = asdict(self)
@@ -76,9 +87,11 @@ def scan(cache: Cache, readonly: bool = False) -> List[Entry]:
         return []
     found: List[Entry] = []
     keys = {n[:KEY_LENGTH] for n in names if _KEY.match(n)}
+    latest = _latest_records(cache, [n for n in names if n.endswith(LATEST_SUFFIX)])
     for key in sorted(keys):
         if key in names or key + METADATA_SUFFIX in names:
             found.append(describe(cache, key, readonly))
+            found[-1].latest_of = sorted(latest.get(key, ()))
     for name in names:
         # Temporary files of an atomic write count too (CACHEDIR.TAG's has no key).
         if (
@@ -88,6 +101,20 @@ def scan(cache: Cache, readonly: bool = False) -> List[Entry]:
         ):
             found.append(_leftover(cache, name, readonly))
     return sorted(found, key=lambda e: (e.handle or "", e.state))
+
+
+def _latest_records(cache: Cache, names: List[str]) -> Dict[str, List[str]]:
+    """entry key -> the unversioned Kaggle handles whose "latest" record names it."""
+    out: Dict[str, List[str]] = {}
+    for name in names:
+        try:
+            with open(os.path.join(cache.root, name), encoding="utf-8") as f:
+                record = json.load(f)
+            if isinstance(record.get("version"), int) and isinstance(record.get("handle"), str):
+                out.setdefault(str(record.get("entry")), []).append(record["handle"])
+        except (OSError, ValueError, AttributeError):
+            continue
+    return out
 
 
 def describe(cache: Cache, key: str, readonly: bool = False) -> Entry:
@@ -230,18 +257,21 @@ def find(cache: Cache, handle: str, readonly: bool = False) -> Optional[Entry]:
             "fetched under (`hubcache ls` lists them).",
             handle=redact(handle),
         )
+    latest_of = []
     if parsed.is_latest:  # the entry of the version it last resolved to
         from .latest import read_record
 
         record = read_record((cache.root,), parsed)
         if record is None:
             return None
-        parsed = parsed.at_version(record["version"])
+        parsed, latest_of = parsed.at_version(record["version"]), [redact(handle)]
     key = parsed.cache_key
     directory = cache.entry_dir(key)
     if not (os.path.lexists(directory) or os.path.exists(directory + METADATA_SUFFIX)):
         return None
-    return describe(cache, key, readonly)
+    entry = describe(cache, key, readonly)
+    entry.latest_of = latest_of
+    return entry
 
 
 def layers(settings: "Settings") -> List["tuple[Cache, bool]"]:

@@ -84,7 +84,8 @@ def resolve_latest(handle: Handle, how: LatestPlan, settings: Settings) -> Tuple
             record.get("checked_at", "before"),
         )
         return handle.at_version(record["version"]), record
-    record = {"handle": shown, "version": version, "checked_at": utc_iso(), "checked": time.time()}
+    entry = handle.at_version(version).cache_key
+    record = {"handle": shown, "version": version, "entry": entry, "checked_at": utc_iso(), "checked": time.time()}
     try:
         os.makedirs(settings.cache_dir, exist_ok=True)
         write_atomic(record_path(settings.cache_dir, handle), json.dumps(record, indent=2))

@@ -20,7 +20,9 @@ def child_env(extra: Dict[str, str]) -> Dict[str, str]:
     return out
 
 
-def run_cli(*args: str, env: Dict[str, str], input: str = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: Dict[str, str], input: str = None, timeout: float = 120, cwd: str = None
+) -> subprocess.CompletedProcess:
     """Run ``python -m hubcache ARGS`` in a child process."""
     return subprocess.run(
         [sys.executable, "-m", "hubcache", *args],
@@ -29,6 +31,7 @@ def run_cli(*args: str, env: Dict[str, str], input: str = None, timeout: float =
         capture_output=True,
         text=True,
         timeout=timeout,
+        cwd=cwd,
     )
 
 

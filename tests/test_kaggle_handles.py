@@ -442,3 +442,51 @@ def test_a_pin_is_kept_when_sharing(env, hub, tmp_path, monkeypatch):
     monkeypatch.setenv("HUBCACHE_OFFLINE", "1")
     with pytest.raises(hubcache.OfflineError):  # another archive than the pin: not shared
         hubcache.resolve("https://www.kaggle.com/models/google/tiny/TensorFlow2/small/3", sha256="0" * 64)
+
+
+# ------------------------------------------------------ every form, through the CLI
+
+
+def _tfjs_bundle() -> bytes:
+    from archives import make_tar
+
+    return make_tar([("model.json", b'{"format": "graph-model"}'), ("group1-shard1of1.bin", bytes(300))])
+
+
+def test_every_form_through_the_cli(env, hub, tmp_path):
+    from archives import make_zip
+
+    hub.publish_kaggle("google/tiny/tensorFlow2/small/8", fake_saved_model(8))
+    hub.publish_kaggle("keras/gemma/keras/gemma_2b_en/1", make_zip({"config.json": b"{}"}))
+    hub.publish_tfhub("tensorflow/tfjs-model/blazeface/1", _tfjs_bundle(), kaggle="tensorflow/blazeface/tfJs/default/1")
+    hub.publish_gcs_dir("b", "m/1", {"saved_model.pb": b"pb"})
+    local = tmp_path / "local.tgz"
+    local.write_bytes(fake_saved_model(9))
+    forms = [
+        "google/tiny/tensorFlow2/small/8",
+        "google/tiny/tensorFlow2/small",
+        "kaggle://google/tiny/TensorFlow2/small/8",
+        "https://www.kaggle.com/models/google/tiny/tensorFlow2/small",
+        "https://www.kaggle.com/api/v1/models/google/tiny/tensorFlow2/small/8/download",
+        "kaggle://keras/gemma/Keras/gemma_2b_en",
+        "https://tfhub.dev/tensorflow/tfjs-model/blazeface/1",
+        "gs://b/m/1",
+        str(local),
+    ]
+    r = run_cli("prefetch", "--json", *forms, env=env, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    records = json.loads(r.stdout)
+    assert [x["handle"] for x in records] == forms and all(x["ok"] for x in records)
+    offline = dict(env, HUBCACHE_OFFLINE="1")
+    for form, record in zip(forms, records):
+        r = run_cli("resolve", form, env=offline, cwd=str(tmp_path))
+        assert r.returncode == 0 and r.stdout.strip() == record["path"], (form, r.stderr)
+    assert hub.storage.count("/kaggle-models/google/tiny/tensorFlow2/small/8/model.tar.gz") == 1
+    r = run_cli("ls", env=offline, cwd=str(tmp_path))
+    assert "(latest of google/tiny/tensorFlow2/small, https://www.kaggle.com/models/google/tiny/tensorFlow2/small)" in r.stdout
+    r = run_cli("info", "--json", "kaggle://keras/gemma/Keras/gemma_2b_en", env=offline, cwd=str(tmp_path))
+    info = json.loads(r.stdout)
+    assert info["latest_of"] == ["kaggle://keras/gemma/Keras/gemma_2b_en"]
+    assert info["handle"] == "https://www.kaggle.com/models/keras/gemma/keras/gemma_2b_en/1"
+    r = run_cli("info", "kaggle://keras/gemma/Keras/gemma_2b_en", env=offline, cwd=str(tmp_path))
+    assert "latest of: ['kaggle://keras/gemma/Keras/gemma_2b_en']" not in r.stdout and "latest of:" in r.stdout

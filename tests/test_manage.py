@@ -447,4 +447,4 @@ def test_every_json_field_is_documented_in_the_commands_help(env, hub, filled, t
 
 
 ENTRY_FIELDS = ("handle", "key", "path", "state", "problem", "size", "files", "fetched_at", "last_used",
-                "source_url", "sha256", "readonly")
+                "source_url", "sha256", "readonly", "latest_of")

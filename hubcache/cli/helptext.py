@@ -69,7 +69,8 @@ _ENTRY_FIELDS_HELP = """\
   last_used   when it was last resolved (to the hour), or null
   source_url  where it was downloaded from (signatures removed), or null
   sha256      the SHA-256 of its archive, or null
-  readonly    true for an entry of a HUBCACHE_READONLY_DIRS cache"""
+  readonly    true for an entry of a HUBCACHE_READONLY_DIRS cache
+  latest_of   the Kaggle handles without a version that last resolved to it"""
 
 LS_EPILOG = f"""\
 examples:

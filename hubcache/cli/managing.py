@@ -66,6 +66,7 @@ ENTRY_FIELDS = (
     "source_url",
     "sha256",
     "readonly",
+    "latest_of",
 )
 
 
@@ -155,7 +156,8 @@ def _ls(args: argparse.Namespace, settings: Settings) -> Result:
     rows = []
     for e in entries:
         state = e.state + (f" ({e.problem})" if e.state in (DAMAGED, INCOMPLETE) else "")
-        row = [_name(e), format_size(e.size), str(e.files), when(e.fetched_at), when(e.last_used), state]
+        name = _name(e) + (f" (latest of {', '.join(e.latest_of)})" if e.latest_of else "")
+        row = [name, format_size(e.size), str(e.files), when(e.fetched_at), when(e.last_used), state]
         rows.append(row + ([os.path.dirname(e.path)] if layered else []))
     headers = ["HANDLE", "SIZE", "FILES", "FETCHED", "LAST USED", "STATE"] + (["CACHE"] if layered else [])
     counts = {s: sum(e.state == s for e in entries) for s in sorted({e.state for e in entries})}
@@ -201,7 +203,10 @@ def _info(args: argparse.Namespace, settings: Settings) -> Union[int, Result]:
         ("fetched", "fetched_at"),
         ("last used", "last_used"),
     ]
-    lines = [f"{label + ':':11}{data[key]}" for label, key in labels if data.get(key) is not None]
+    if entry.latest_of:
+        labels.append(("latest of", "latest_of"))
+    shown = {k: ", ".join(v) if isinstance(v, list) else v for k, v in data.items()}
+    lines = [f"{label + ':':11}{shown[key]}" for label, key in labels if data.get(key) is not None]
     lines.append(f"{'size:':11}{format_size(entry.size)} on disk")
     if entry.readonly:
         lines.append(f"{'layer:':11}read-only ({os.path.dirname(entry.path)})")
