@@ -12,7 +12,6 @@ checksum (``x-goog-hash``), and must have the size the listing gave.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import quote, urlencode
@@ -21,7 +20,7 @@ from .archive import Budget
 from .config import Settings
 from .errors import DownloadError, IntegrityError
 from .resolvers import DirectoryPlan
-from .transport import Transport, http_error, redact
+from .transport import Transport, get_json, redact
 from .writer import SafeWriter
 
 MAX_PAGE = 16 << 20  # bytes of one listing page (a thousand objects take ~1 MiB)
@@ -102,15 +101,7 @@ def _list(transport: Transport, how: DirectoryPlan, handle: str, settings: Setti
 
 
 def _get_json(transport: Transport, url: str, handle: str) -> Dict[str, Any]:
-    response, final_url = transport.get(url, {"Accept": "application/json"})
-    with response:
-        if response.status_code != 200:
-            raise http_error(response.status_code, final_url, transport, " (listing the directory)")
-        body = response.raw.read(MAX_PAGE + 1, decode_content=True)
-    try:
-        page = json.loads(body) if len(body) <= MAX_PAGE else None
-    except ValueError:
-        page = None
+    page, final_url = get_json(transport, url, limit=MAX_PAGE, doing="listing the directory")
     if not isinstance(page, dict):
         raise DownloadError(
             f"listing {handle} at {redact(final_url)} did not answer a JSON listing (of at most "

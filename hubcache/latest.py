@@ -119,17 +119,9 @@ def ask_kaggle(how: LatestPlan, shown: str, settings: Settings) -> int:
 
 
 def _ask(transport: Transport, url: str, post: Optional[str], shown: str) -> int:
-    from .transport import http_error, redact
+    from .transport import get_json, redact
 
-    response, final_url = transport.get(url, {"Accept": "application/json"}, post=post)
-    with response:
-        if response.status_code != 200:
-            raise http_error(response.status_code, final_url, transport, " (asking for its latest version)")
-        body = response.raw.read(MAX_ANSWER + 1, decode_content=True)
-    try:
-        answer = json.loads(body) if len(body) <= MAX_ANSWER else None
-    except ValueError:
-        answer = None
+    answer, final_url = get_json(transport, url, limit=MAX_ANSWER, doing="asking for its latest version", post=post)
     version = _version(answer.get("versionNumber")) if isinstance(answer, dict) else None
     if version is None:
         raise DownloadError(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import json
 import logging
 import random
 import re
@@ -38,6 +39,7 @@ from ._version import __version__
 from .cancel import Cancellation
 from .config import Settings
 from .errors import DownloadError
+from .origins import Origin, may_carry_credentials, origin_of
 from .redaction import redact_text
 
 log = logging.getLogger("hubcache")
@@ -57,8 +59,6 @@ _UNUSABLE_URL = (
     urllib3.exceptions.LocationParseError,
     ValueError,  # e.g. a port out of range, from urllib.parse
 )
-
-Origin = Tuple[str, str, int]
 
 
 class _RedactingFilter(logging.Filter):
@@ -90,46 +90,6 @@ def redact(url: str) -> str:
     if len(kept) < len(query):
         shown.append("...")
     return f"{parts.scheme}://{host}{parts.path}" + ("?" + "&".join(shown) if shown else "")
-
-
-def origin_of(url: str) -> Optional[Origin]:
-    """(scheme, host, port) of ``url`` as urllib3 reads it, or None if it has none."""
-    try:
-        parsed = urllib3.util.parse_url(url)
-    except urllib3.exceptions.LocationParseError:
-        return None
-    scheme = (parsed.scheme or "").lower()
-    if scheme not in ("http", "https") or not parsed.host:
-        return None
-    # urllib3 keeps an IPv6 literal's brackets; the standard library drops them.
-    return scheme, parsed.host.lower().strip("[]"), parsed.port or (443 if scheme == "https" else 80)
-
-
-def may_carry_credentials(url: str, allowed: FrozenSet[Origin]) -> bool:
-    """Whether a request to ``url`` (as prepared by ``requests``, exactly what
-    goes on the wire) may carry credentials meant for the ``allowed`` origins.
-
-    The origin is read by every parser that takes part in opening the
-    connection: urllib3's (which ``requests`` normalizes URLs with, and which
-    older ``requests`` connect by) and the standard library's (which
-    ``requests`` 2.32+ picks the connection pool by). All must agree on an
-    allowed origin, and the URL must carry no user information: an authority
-    that two parsers could read differently gets no credentials.
-    """
-    if not allowed:
-        return False
-    ours = origin_of(url)
-    if ours is None or ours not in allowed:
-        return False
-    try:
-        parsed = urllib3.util.parse_url(url)
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-    except (urllib3.exceptions.LocationParseError, ValueError):
-        return False
-    if parsed.auth is not None or "@" in parts.netloc or "\\" in parts.netloc:
-        return False
-    return (parts.scheme.lower(), (parts.hostname or "").lower(), port) == ours
 
 
 _SLOW_HEAD = "no complete response head within {:g} s"
@@ -384,6 +344,21 @@ class Transport:
         response.close()
         if self.cancellation is not None:
             self.cancellation.untrack(response)
+
+
+def get_json(transport: Transport, url: str, *, limit: int, doing: str, post: Optional[str] = None) -> Tuple[Any, str]:
+    """The JSON that ``url`` answers (``post``: the JSON to POST), at most
+    ``limit`` bytes of it, or None where it is none; and the URL that answered.
+    An HTTP error raises :func:`http_error`, ``doing`` saying what was asked."""
+    response, final_url = transport.get(url, {"Accept": "application/json"}, post=post)
+    with response:
+        if response.status_code != 200:
+            raise http_error(response.status_code, final_url, transport, f" ({doing})")
+        body = response.raw.read(limit + 1, decode_content=True)
+    try:
+        return (json.loads(body) if len(body) <= limit else None), final_url
+    except ValueError:
+        return None, final_url
 
 
 def http_error(status: int, url: str, transport: Transport, extra: str = "") -> DownloadError:

@@ -351,3 +351,39 @@ def raw_zip(entries: Iterable[ZipEntry], *, prefix: bytes = b"", comment: bytes 
     out += b"PK\x05\x06" + struct.pack("<HHHHIIH", ef["disk"], ef["cd_disk"], ef["n_disk"], ef["n"], ef["size"],
                                        ef["offset"], ef["comment_len"]) + comment
     return bytes(out) + suffix
+
+
+# ------------------------------------------------------------ fuzzing helpers
+
+
+def chunked(data, rng):
+    """``data`` cut in pieces of a random size, now and then of one byte (slow)."""
+    size = rng.choice([7, 100, 512, 4096, 65536, len(data) or 1]) if rng.random() > 0.03 else 1  # 1: slow
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def fuzz_case(chunks, dest, bound, limits):
+    """None, or what went wrong extracting ``chunks``: a hang (past ``bound``
+    seconds), or an error other than an ArchiveError that names the handle."""
+    from hubcache import ArchiveError
+
+    try:
+        extract_within(bound, chunks, dest, handle="fuzz", limits=limits)
+    except ArchiveError as e:
+        if "fuzz" not in str(e):
+            return AssertionError(f"an ArchiveError that does not name the handle: {e}")
+    except BaseException as e:  # noqa: BLE001 - a hang (AssertionError) or anything else: what we look for
+        return e
+    return None
+
+
+def escapes(outer, box, dest):
+    """Whatever exists under ``outer`` besides ``dest`` (whose contents may be anything)."""
+    found = []
+    for dirpath, dirs, files in os.walk(outer):
+        for name in dirs + files:
+            path = os.path.join(dirpath, name)
+            if path not in (box, dest, os.path.dirname(box)) and not path.startswith(dest + os.sep):
+                found.append(path)
+        dirs[:] = [d for d in dirs if os.path.join(dirpath, d) != dest]
+    return found

@@ -25,10 +25,9 @@ import shutil
 import struct
 import tempfile
 
-from hubcache import ArchiveError
 from hubcache.archive import Limits
 
-from archives import ZipEntry, extract_within, info_zip, make_zip, raw_zip, write_tree
+from archives import ZipEntry, chunked, escapes, fuzz_case, info_zip, make_zip, raw_zip, write_tree
 
 CASES = int(os.environ.get("HUBCACHE_FUZZ_ZIP_CASES", "6000"))
 SEED = int(os.environ.get("HUBCACHE_FUZZ_SEED", "0"))
@@ -141,35 +140,6 @@ def mutate(data, rng, spares):
     return bytes(data)
 
 
-def chunked(data, rng):
-    size = rng.choice([7, 100, 512, 4096, 65536, len(data) or 1]) if rng.random() > 0.03 else 1
-    return [data[i : i + size] for i in range(0, len(data), size)]
-
-
-def run_case(chunks, dest):
-    """None, or what went wrong: a hang, or an error other than ArchiveError."""
-    try:
-        extract_within(CASE_BOUND, chunks, dest, handle="fuzz", limits=LIMITS)
-    except ArchiveError as e:
-        if "fuzz" not in str(e):
-            return AssertionError(f"an ArchiveError that does not name the handle: {e}")
-    except BaseException as e:  # noqa: BLE001 - a hang (AssertionError) or anything else: what we look for
-        return e
-    return None
-
-
-def escapes(outer, box, dest):
-    """Whatever exists under ``outer`` besides ``dest`` (whose contents may be anything)."""
-    found = []
-    for dirpath, dirs, files in os.walk(outer):
-        for name in dirs + files:
-            path = os.path.join(dirpath, name)
-            if path not in (box, dest, os.path.dirname(box)) and not path.startswith(dest + os.sep):
-                found.append(path)
-        dirs[:] = [d for d in dirs if os.path.join(dirpath, d) != dest]
-    return found
-
-
 def test_fuzz_the_zip_reader_and_writer(tmp_path):
     outer = str(tmp_path / "outer")
     box = os.path.join(outer, "a", "box")
@@ -188,7 +158,7 @@ def test_fuzz_the_zip_reader_and_writer(tmp_path):
             data = mutate(rng.choice(base), rng, base)
         dest = os.path.join(box, f"dest{case}")
         os.mkdir(dest)
-        error = run_case(chunked(data, rng), dest)
+        error = fuzz_case(chunked(data, rng), dest, CASE_BOUND, LIMITS)
         if error is not None:
             failures.append(f"case {case}: {type(error).__name__}: {error}"[:300])
         found = escapes(outer, box, dest)
