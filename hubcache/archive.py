@@ -28,8 +28,9 @@ from .errors import ArchiveError
 from .pipeline import Pipe, compression_of, inflate, peek
 from .tar import BLOCK, MAX_TRAILER, TarReader, is_header, trailer_error
 from .writer import Extracted, SafeWriter
-from .zip import CENTRAL_END, LOCAL_SIG, MEMBER, ZipReader, is_zip
-from .zip import Member as ZipMember
+from .zip import ZipReader
+from .zipformat import CENTRAL_END, LOCAL_SIG, MEMBER, is_zip
+from .zipformat import Member as ZipMember
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,12 @@ from .layout import LATEST_SUFFIX
 
 log = logging.getLogger("hubcache")
 
-_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
-
 
 def is_archive(path: str) -> bool:
     """Whether ``path`` is a regular file that starts like an archive."""
     from .pipeline import compression_of
     from .tar import BLOCK, is_header
+    from .zipformat import is_zip
 
     if not os.path.isfile(path):
         return False
@@ -39,7 +38,7 @@ def is_archive(path: str) -> bool:
             head = f.read(BLOCK)
     except OSError:
         return False
-    return compression_of(head) is not None or is_header(head) or head.startswith(_ZIP_MAGICS)
+    return compression_of(head) is not None or is_header(head) or is_zip(head)
 
 
 def extracted(path: str, shown: str, settings: Settings) -> str:

@@ -23,11 +23,11 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 from .errors import ArchiveError
 
 try:  # the optional accelerated inflate and CRC (pip install 'hubcache[fast]')
-    from isal import isal_zlib as _gzip_lib
+    from isal import isal_zlib as zlib_impl  # zlib.decompressobj and crc32, faster
 except ImportError:
-    _gzip_lib = zlib  # type: ignore[misc]
+    zlib_impl = zlib  # type: ignore[misc]
 
-ACCELERATED = _gzip_lib is not zlib
+ACCELERATED = zlib_impl is not zlib
 OUT_SIZE = 2 << 20  # most bytes one inflate step hands on
 QUEUE_DEPTH = 4  # chunks waiting between two stages
 RATIO_FLOOR = 256 << 20  # the ratio bound applies once this many bytes came out
@@ -38,7 +38,7 @@ MAX_SILENT_INPUT = 8 << 20
 #: The xz decoder's memory: ``xz -9`` needs 65 MiB, but a stream may ask for a
 #: dictionary of up to 4 GiB, which fills as it decompresses.
 XZ_MEMLIMIT = 128 << 20
-_DECODE_ERRORS = (zlib.error, getattr(_gzip_lib, "error", zlib.error), lzma.LZMAError, OSError, EOFError, ValueError)
+DECODE_ERRORS = (zlib.error, getattr(zlib_impl, "error", zlib.error), lzma.LZMAError, OSError, EOFError, ValueError)
 
 
 def crc32(data: Any, value: int) -> int:
@@ -46,7 +46,7 @@ def crc32(data: Any, value: int) -> int:
     GIL for them: isal always releases it, and with the inflate thread busy each
     release costs a thread switch (20,000 small files: 4.3 s against 0.6 s)."""
     if ACCELERATED and len(data) >= 1 << 16:
-        return _gzip_lib.crc32(data, value)
+        return zlib_impl.crc32(data, value)
     return zlib.crc32(data, value)
 
 
@@ -158,7 +158,7 @@ class _ZlibGzip:
     """zlib's (or isal's) gzip decoder behind the interface of bz2/lzma decompressors."""
 
     def __init__(self) -> None:
-        self._d = _gzip_lib.decompressobj(16 + zlib.MAX_WBITS)
+        self._d = zlib_impl.decompressobj(16 + zlib.MAX_WBITS)
 
     def __getattr__(self, name: str) -> Any:  # eof, unused_data
         return getattr(self._d, name)
@@ -254,7 +254,7 @@ class Inflater:
         try:
             out: bytes = self.decoder.decompress(data, OUT_SIZE)
             return out
-        except _DECODE_ERRORS as e:
+        except DECODE_ERRORS as e:
             hint = f"it needs over {XZ_MEMLIMIT >> 20} MiB to inflate, or " if "memory" in str(e).lower() else ""
             raise ArchiveError(
                 f"the archive for {self.handle} has corrupt {self.fmt.name} data ({e}): {hint}the "

@@ -20,87 +20,51 @@ from __future__ import annotations
 import stat
 import struct
 import zlib
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .errors import ArchiveError
-from .pipeline import _DECODE_ERRORS, MAX_SILENT_INPUT, OUT_SIZE, RATIO_FLOOR, crc32
+from .pipeline import DECODE_ERRORS, MAX_SILENT_INPUT, OUT_SIZE, RATIO_FLOOR, crc32, zlib_impl
 from .tar import MAX_TRAILER
+from .zipformat import (
+    AES_EXTRA,
+    CENTRAL_END,
+    CENTRAL_RECORD,
+    CENTRAL_SIG,
+    DATA_END,
+    DEFLATED,
+    DESCRIPTOR_SIG,
+    DESCRIPTOR_SIG_VALUE,
+    ENCRYPTION,
+    EOCD_RECORD,
+    EOCD_SIG,
+    FLAG_DESCRIPTOR,
+    FLAG_UTF8,
+    LOCAL_RECORD,
+    LOCAL_SIG,
+    MAX16,
+    MAX32,
+    MAX_COMMENT,
+    MAX_EXTRA,
+    MAX_LINK_TARGET,
+    MAX_ZIP64_EXTENSIBLE,
+    MEMBER,
+    METHODS,
+    STORED,
+    UNICODE_PATH_EXTRA,
+    UNIX,
+    ZIP64_EOCD_RECORD,
+    ZIP64_EOCD_SIG,
+    ZIP64_EXTRA,
+    ZIP64_LOCATOR_RECORD,
+    ZIP64_LOCATOR_SIG,
+    Member,
+    Streamed,
+)
 
-try:  # the accelerated inflate, as in pipeline (pip install 'hubcache[fast]')
-    from isal import isal_zlib as _deflate_lib
-except ImportError:
-    _deflate_lib = zlib  # type: ignore[misc]
-
-LOCAL_SIG, CENTRAL_SIG, EOCD_SIG = b"PK\x03\x04", b"PK\x01\x02", b"PK\x05\x06"
-ZIP64_EOCD_SIG, ZIP64_LOCATOR_SIG, DESCRIPTOR_SIG = b"PK\x06\x06", b"PK\x06\x07", b"PK\x07\x08"
-# The records after their signatures (APPNOTE 4.3): local header, central
-# directory entry, end record, zip64 end record and its locator.
-_LOCAL = struct.Struct("<HHHHHIIIHH")  # version, flags, method, time, date, crc, sizes, name and extra lengths
-_CENTRAL = struct.Struct("<BBHHHHHIIIHHHHHII")  # made by (version, host), ..., lengths, disk, attributes, offset
-_EOCD = struct.Struct("<HHHHIIH")  # disk, directory's disk, entries (there, in all), size, offset, comment length
-_ZIP64_EOCD = struct.Struct("<QHHIIQQQQ")  # record size, versions, then as the end record's fields
-_ZIP64_LOCATOR = struct.Struct("<IQI")  # disk, offset of the zip64 end record, disks
-
-STORED, DEFLATED = 0, 8
-FLAG_ENCRYPTED, FLAG_DESCRIPTOR, FLAG_STRONG, FLAG_UTF8, FLAG_MASKED = 0x1, 0x8, 0x40, 0x800, 0x2000
-_ENCRYPTION = FLAG_ENCRYPTED | FLAG_STRONG | FLAG_MASKED
-ZIP64_EXTRA, UNICODE_PATH_EXTRA, AES_EXTRA = 0x0001, 0x7075, 0x9901
-UNIX = 3  # the "version made by" host whose external attributes hold a Unix mode
-MAX32, MAX16 = 0xFFFFFFFF, 0xFFFF
-METHODS = {1: "shrink", 6: "implode", 9: "deflate64", 12: "bzip2", 14: "lzma", 93: "zstd", 95: "xz", 98: "ppmd"}
-
-#: The most bytes of extra fields in one header: real ones hold timestamps, Unix
-#: ids and zip64 sizes (under 100 bytes); zipalign pads to 4 KiB pages.
-MAX_EXTRA = 16 << 10
-#: The most bytes of a member's comment in the central directory (rarely any).
-MAX_COMMENT = 16 << 10
-#: The most bytes of one central directory entry, its name's 16-bit length included.
-MAX_ENTRY = 46 + MAX16 + MAX_EXTRA + MAX_COMMENT
-#: The most bytes of a zip64 end record's "extensible data" (no common tool writes any).
-MAX_ZIP64_EXTENSIBLE = 64 << 10
-#: The longest symlink target (PATH_MAX): a symlink's target is its member's data.
-MAX_LINK_TARGET = 4096
-
-_SIG_VALUE = struct.unpack("<I", DESCRIPTOR_SIG)[0]
 _RETRY = "try again; if it persists, report it to the publisher"
 _DAMAGED = f"the download is damaged or the archive is corrupt; {_RETRY}"
 _MALICIOUS = "the archive is damaged or malicious, so report it to its publisher"
 _INCOMPLETE = "try again; if it persists, the published archive is incomplete"
-MEMBER, DATA_END, CENTRAL_END = "member", "end of data", "central directory"  # the events' tags
-
-
-def is_zip(head: bytes) -> bool:
-    """Whether ``head`` starts like a zip: a member's header, or the end record of an empty zip."""
-    return head.startswith((LOCAL_SIG, EOCD_SIG))
-
-
-@dataclass
-class Member:
-    """A zip member, as :class:`hubcache.writer.Member` describes one."""
-
-    name: str
-    kind: str  # file or dir; symlinks are only known at the central directory
-    mode: int  # 0o644: Unix modes are in the central directory, after the data is written
-    size: int  # the local header's size; 0 when it comes after the data (a data descriptor)
-    linkname: str
-    type: bytes
-
-
-@dataclass
-class _Streamed:
-    """What a member's local header and data were, for the central directory to agree with."""
-
-    raw_name: bytes
-    name: str
-    flags: int
-    method: int
-    offset: int
-    header: Tuple[int, int, int]  # the local header's CRC-32 and sizes (0 if unknown)
-    zip64: bool  # the local header has a zip64 field
-    crc: int = 0
-    csize: int = 0
-    usize: int = 0
 
 
 class ZipReader:
@@ -122,7 +86,7 @@ class ZipReader:
         self._view = memoryview(b"")
         self._pos = 0  # bytes of the stream consumed
         self._out = 0  # bytes of member data produced
-        self._streamed: List[_Streamed] = []
+        self._streamed: List[Streamed] = []
 
     def _more(self) -> bool:
         for chunk in self._chunks:
@@ -181,15 +145,17 @@ class ZipReader:
         self._trailer()
         yield (CENTRAL_END, symlinks)
 
-    def _local_header(self) -> Tuple[Member, _Streamed]:
+    def _local_header(self) -> Tuple[Member, Streamed]:
         offset, where = self._pos - 4, "in a local header"
-        _, flags, method, _, _, crc, csize, usize, name_len, extra_len = _LOCAL.unpack(self._take(_LOCAL.size, where))
+        _, flags, method, _, _, crc, csize, usize, name_len, extra_len = LOCAL_RECORD.unpack(
+            self._take(LOCAL_RECORD.size, where)
+        )
         if extra_len > MAX_EXTRA:
             raise self._corrupt(f"a local header claims {extra_len} bytes of extra fields (over {MAX_EXTRA})")
         raw_name = self._take(name_len, where)
         extras = self._extras(self._take(extra_len, where), raw_name)
         name = self._name(raw_name, flags, extras)
-        if flags & _ENCRYPTION or AES_EXTRA in extras or method == 99:
+        if flags & ENCRYPTION or AES_EXTRA in extras or method == 99:
             raise self._refused(name, "is encrypted", "hubcache extracts zips without a password only")
         if method not in (STORED, DEFLATED):
             raise self._refused(name, f"is compressed with {METHODS.get(method, f'method {method}')}, which "
@@ -217,7 +183,7 @@ class ZipReader:
             raise self._stored_with_descriptor(name)
         self._charge(name, usize if known else 0)
         member = Member(name, "dir" if name.endswith("/") else "file", 0o644, usize if known else 0, "", b"zip")
-        return member, _Streamed(raw_name, name, flags, method, offset, (crc, csize, usize), field is not None)
+        return member, Streamed(raw_name, name, flags, method, offset, (crc, csize, usize), field is not None)
 
     def _extras(self, extra: bytes, raw_name: bytes) -> Dict[int, bytes]:
         """The extra fields hubcache reads, by id; others are skipped. One given
@@ -249,7 +215,7 @@ class ZipReader:
             raise self._refused(name, "has a backslash in a name", "re-create the zip with forward slashes")
         return name
 
-    def _data(self, name: str, streamed: _Streamed) -> Iterator[Any]:
+    def _data(self, name: str, streamed: Streamed) -> Iterator[Any]:
         known = not streamed.flags & FLAG_DESCRIPTOR
         header_crc, csize, usize = streamed.header
         crc = 0
@@ -282,7 +248,7 @@ class ZipReader:
     def _inflate(self, name: str, csize: Optional[int], usize: Optional[int], counts: List[int]) -> Iterator[bytes]:
         """A raw deflate stream's output. It ends itself: what follows it is put
         back. ``csize``/``usize``: the header's sizes, None if unknown."""
-        d = _deflate_lib.decompressobj(-zlib.MAX_WBITS)
+        d = zlib_impl.decompressobj(-zlib.MAX_WBITS)
         fed = out = silent = crc = 0
         source, taken = memoryview(b""), 0  # the view the last input came from, and how much of it
         while not d.eof:
@@ -297,7 +263,7 @@ class ZipReader:
                 silent += taken
             try:
                 piece: bytes = d.decompress(data, OUT_SIZE)  # (no data: only what zlib holds may come out)
-            except _DECODE_ERRORS as e:
+            except DECODE_ERRORS as e:
                 raise self._refused(name, f"has corrupt deflate data ({e})", _DAMAGED) from None
             if piece:
                 out += len(piece)
@@ -330,7 +296,7 @@ class ZipReader:
                                 f"really is that compressible, raise HUBCACHE_MAX_RATIO (now {ratio:g}; 0 turns "
                                 "the bound off)")  # fmt: skip
 
-    def _descriptor(self, name: str, streamed: _Streamed) -> None:
+    def _descriptor(self, name: str, streamed: Streamed) -> None:
         """Read the data descriptor after a member's data; check it, and any
         value the local header gave, against the data."""
         where = "in a data descriptor"
@@ -339,7 +305,7 @@ class ZipReader:
         first = self._take(4, where, name)
         if first == DESCRIPTOR_SIG:  # the signature is optional, and could be the CRC
             second = self._take(4, where, name)
-            if streamed.crc != _SIG_VALUE or second == first:
+            if streamed.crc != DESCRIPTOR_SIG_VALUE or second == first:
                 first, second = second, b""
             head = first + second + self._take(rest - len(second), where, name)
         else:
@@ -377,7 +343,7 @@ class ZipReader:
 
     def _entry(self, index: int, symlinks: List[str]) -> None:
         where = "in the central directory"
-        fields = _CENTRAL.unpack(self._take(_CENTRAL.size, where))
+        fields = CENTRAL_RECORD.unpack(self._take(CENTRAL_RECORD.size, where))
         _, host, _, flags, method, _, _, crc, csize, usize, name_len, extra_len, comment_len = fields[:13]
         disk, attrs, offset = fields[13], fields[15], fields[16]
         if extra_len > MAX_EXTRA or comment_len > MAX_COMMENT:
@@ -389,7 +355,7 @@ class ZipReader:
         if index >= len(self._streamed):
             raise self._mismatch(_decode(raw), "the central directory lists it, but the archive holds no such member")
         s = self._streamed[index]
-        if (flags ^ s.flags) & (_ENCRYPTION | FLAG_UTF8):
+        if (flags ^ s.flags) & (ENCRYPTION | FLAG_UTF8):
             raise self._mismatch(s.name, "its flags differ")
         name = self._name(raw, flags, extras)
         if raw != s.raw_name or name != s.name:
@@ -422,14 +388,14 @@ class ZipReader:
         zip64: Optional[Tuple[int, ...]] = None
         if sig == ZIP64_EOCD_SIG:
             record_at = self._pos - 4
-            length, _, _, *values = _ZIP64_EOCD.unpack(self._take(_ZIP64_EOCD.size, where))
+            length, _, _, *values = ZIP64_EOCD_RECORD.unpack(self._take(ZIP64_EOCD_RECORD.size, where))
             if not 44 <= length <= 44 + MAX_ZIP64_EXTENSIBLE:
                 raise self._corrupt(f"a zip64 end record of {length} bytes")
             self._take(length - 44, where)
             zip64 = tuple(values)
             if self._take(4, where) != ZIP64_LOCATOR_SIG:
                 raise self._corrupt("a zip64 end record without its locator")
-            disk, at, disks = _ZIP64_LOCATOR.unpack(self._take(_ZIP64_LOCATOR.size, where))
+            disk, at, disks = ZIP64_LOCATOR_RECORD.unpack(self._take(ZIP64_LOCATOR_RECORD.size, where))
             if disk != 0 or disks > 1:
                 raise self._split()
             if at != record_at:
@@ -437,7 +403,7 @@ class ZipReader:
             sig = self._take(4, where)
         if sig != EOCD_SIG:
             raise self._corrupt(f"{sig!r} where the central directory or its end record should be")
-        *values, comment_len = _EOCD.unpack(self._take(_EOCD.size, where))
+        *values, comment_len = EOCD_RECORD.unpack(self._take(EOCD_RECORD.size, where))
         comment = self._take(comment_len, "in the archive's comment")
         real = (0, 0, count, count, size, start)  # disk, directory's disk, entries (there, in all), size, offset
         for i, (value, true) in enumerate(zip(values, real)):

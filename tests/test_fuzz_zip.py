@@ -177,7 +177,7 @@ def test_fuzz_the_zip_reader_and_writer(tmp_path):
 
 def test_fuzz_struct_fields_stay_in_range():
     """The records the fuzzer knows are the ones the reader parses (a check on the fuzzer itself)."""
-    import hubcache.zip as z
+    import hubcache.zipformat as z
 
-    assert z._LOCAL.size == 26 and z._CENTRAL.size == 42 and z._EOCD.size == 18
-    assert struct.calcsize("<IQI") == z._ZIP64_LOCATOR.size
+    assert z.LOCAL_RECORD.size == 26 and z.CENTRAL_RECORD.size == 42 and z.EOCD_RECORD.size == 18
+    assert struct.calcsize("<IQI") == z.ZIP64_LOCATOR_RECORD.size

@@ -14,7 +14,7 @@ from hubcache import ArchiveError
 from hubcache.archive import Limits, extract
 from hubcache.pipeline import RATIO_FLOOR
 from hubcache.tar import MAX_TRAILER
-from hubcache.zip import MAX_COMMENT, MAX_EXTRA
+from hubcache.zipformat import MAX_COMMENT, MAX_EXTRA
 
 from archives import (
     ZipEntry,
@@ -250,7 +250,7 @@ def test_size_mismatch(box, method, field, delta):
 
 @pytest.mark.parametrize("method", [0, 8])
 def test_descriptor_disagreeing_with_the_data(box, method):
-    import hubcache.zip as z
+    import hubcache.zipformat as z
 
     good = raw_zip([ZipEntry("f", b"data" * 10, 8, descriptor="sig"), ZipEntry("g", b"x")])
     at = good.index(z.DESCRIPTOR_SIG)
