@@ -27,6 +27,7 @@ from .errors import (
     NotSupportedError,
     OfflineError,
     PrefetchError,
+    RemoteError,
     TensorFlowNotInstalled,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "CacheLockTimeout",
     "OfflineError",
     "NotSupportedError",
+    "RemoteError",
     "TensorFlowNotInstalled",
     "PrefetchError",
 ]

@@ -14,6 +14,7 @@ import base64
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
@@ -45,6 +46,17 @@ DEFAULT_MIN_RATE_WINDOW = 60.0  # seconds
 # thousands of processes a day: asking Kaggle once a day keeps "latest" current
 # without a request per start (and without meeting its rate limits).
 DEFAULT_LATEST_INTERVAL = 86400.0  # seconds
+# The shared tier: a remote call that takes longer than this is a failed one
+# (then the fetch goes upstream), so a bucket that accepts and never answers
+# costs seconds, not the download timeout.
+DEFAULT_REMOTE_TIMEOUT = 5.0  # seconds
+# How long to wait for another node that holds the lease on a handle (it is
+# downloading it) before going upstream too. A dead holder is noticed sooner, when
+# its lease expires; this bounds the wait on a live but slow one. A slow holder
+# means a slow upstream, where more downloads would not help: 10 minutes is a
+# 10 GiB model at 17 MiB/s.
+DEFAULT_REMOTE_WAIT = 600.0  # seconds
+REMOTE_MODES = ("rw", "ro")
 
 LOAD_FORMATS = ("COMPRESSED", "UNCOMPRESSED", "AUTO")
 
@@ -87,6 +99,16 @@ class Settings:
     min_rate_window: float = DEFAULT_MIN_RATE_WINDOW
     #: Seconds a resolved "latest" version is used before Kaggle is asked again (0: every time).
     latest_interval: float = DEFAULT_LATEST_INTERVAL
+    #: The shared tier, normalized to "s3://bucket" or "s3://bucket/prefix" (None: no remote).
+    remote: Optional[str] = None
+    #: The S3 endpoint URL (None: the AWS SDK's own, e.g. AWS_ENDPOINT_URL_S3).
+    remote_endpoint: Optional[str] = None
+    #: "rw" (read, and upload what this node fetched) or "ro" (read only, never write).
+    remote_mode: str = "rw"
+    #: Seconds to wait to connect to the remote, and for each of its answers.
+    remote_timeout: float = DEFAULT_REMOTE_TIMEOUT
+    #: Seconds to wait for another node's lease on a handle before going upstream (0: no wait).
+    remote_wait: float = DEFAULT_REMOTE_WAIT
     #: Not from the environment: told of every download's progress as
     #: (bytes received, bytes announced), e.g. for an aggregate progress bar.
     progress_hook: Optional[Callable[[int, int], None]] = field(default=None, compare=False, repr=False)
@@ -156,6 +178,11 @@ def load_settings(
         min_rate=_size(env, "HUBCACHE_MIN_RATE", DEFAULT_MIN_RATE, allow_zero=True),
         min_rate_window=_positive_float(env, "HUBCACHE_MIN_RATE_WINDOW", DEFAULT_MIN_RATE_WINDOW),
         latest_interval=_number(env, "HUBCACHE_LATEST_INTERVAL", DEFAULT_LATEST_INTERVAL),
+        remote=_remote(env),
+        remote_endpoint=_remote_endpoint(env),
+        remote_mode=_remote_mode(env),
+        remote_timeout=_positive_float(env, "HUBCACHE_REMOTE_TIMEOUT", DEFAULT_REMOTE_TIMEOUT),
+        remote_wait=_number(env, "HUBCACHE_REMOTE_WAIT", DEFAULT_REMOTE_WAIT),
         credentials_environ=tuple((name, env[name]) for name in CREDENTIAL_VARIABLES if name in env),
     )
 
@@ -182,6 +209,11 @@ SETTING_VARIABLES = (
     ("min_rate", ("HUBCACHE_MIN_RATE",)),
     ("min_rate_window", ("HUBCACHE_MIN_RATE_WINDOW",)),
     ("latest_interval", ("HUBCACHE_LATEST_INTERVAL",)),
+    ("remote", ("HUBCACHE_REMOTE",)),
+    ("remote_endpoint", ("HUBCACHE_REMOTE_ENDPOINT",)),
+    ("remote_mode", ("HUBCACHE_REMOTE_MODE",)),
+    ("remote_timeout", ("HUBCACHE_REMOTE_TIMEOUT",)),
+    ("remote_wait", ("HUBCACHE_REMOTE_WAIT",)),
 )
 
 
@@ -232,6 +264,53 @@ def _endpoint(env: Mapping[str, str], name: str, default: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
         raise ConfigError(f"{name}={raw!r} is not an endpoint: give an http(s) URL without a query, like {default}.")
     return raw.rstrip("/")
+
+
+def _remote(env: Mapping[str, str]) -> Optional[str]:
+    """HUBCACHE_REMOTE as "s3://bucket" or "s3://bucket/prefix" (no slash at either end of the prefix)."""
+    raw = env.get("HUBCACHE_REMOTE", "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    bucket, prefix = parts.netloc, parts.path.strip("/")
+    problem = None
+    if parts.scheme.lower() != "s3":
+        problem = "only s3:// is supported"
+    elif not bucket:
+        problem = "the bucket is missing"
+    elif not _BUCKET.match(bucket):
+        problem = f"{bucket!r} is not a bucket name (3-63 letters, digits, '.', '-' or '_', no user:password@ or port)"
+    elif parts.query or parts.fragment:
+        problem = "it has a query or fragment"
+    elif any(segment in ("", ".", "..") for segment in prefix.split("/")) and prefix:
+        problem = "its prefix has an empty, '.' or '..' segment"
+    if problem:
+        raise ConfigError(
+            f"HUBCACHE_REMOTE={raw!r} is not a shared tier: {problem}. "
+            "Give s3://bucket or s3://bucket/prefix (the endpoint goes in HUBCACHE_REMOTE_ENDPOINT), or unset it."
+        )
+    return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+
+
+_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
+
+
+def _remote_endpoint(env: Mapping[str, str]) -> Optional[str]:
+    raw = env.get("HUBCACHE_REMOTE_ENDPOINT", "").strip()
+    if not raw:
+        return None  # the AWS SDK's own: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, a profile's, or AWS's
+    return _endpoint(env, "HUBCACHE_REMOTE_ENDPOINT", "")
+
+
+def _remote_mode(env: Mapping[str, str]) -> str:
+    raw = env.get("HUBCACHE_REMOTE_MODE", "")
+    value = raw.strip().lower() or "rw"
+    if value not in REMOTE_MODES:
+        raise ConfigError(
+            f"HUBCACHE_REMOTE_MODE={raw!r} is not a mode: use rw (read, and upload what this "
+            "machine downloads) or ro (read only), or unset it."
+        )
+    return value
 
 
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:

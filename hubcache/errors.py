@@ -96,6 +96,31 @@ class OfflineError(HubcacheError, ConnectionError):
     """Offline mode is on and the handle is not (validly) in the cache."""
 
 
+class RemoteError(HubcacheError, ConnectionError):
+    """The shared tier (``HUBCACHE_REMOTE``) could not be used: unreachable, too
+    slow (``HUBCACHE_REMOTE_TIMEOUT``), refused (403), failing (5xx), or boto3 is
+    missing. The remote only ever saves time, so a fetch warns once and goes upstream.
+
+    ``status`` is the HTTP status code when the store answered, else ``None``;
+    ``operation`` names the S3 call that failed (``GetObject``, ...); ``reason``
+    says what went wrong, without the advice around it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        handle: Optional[str] = None,
+        status: Optional[int] = None,
+        operation: Optional[str] = None,
+        reason: Optional[str] = None,
+    ) -> None:
+        super().__init__(message, handle=handle)
+        self.status = status
+        self.operation = operation
+        self.reason = reason or message
+
+
 class TensorFlowNotInstalled(HubcacheError, ImportError):  # noqa: N818 - public name, kept
     """:func:`hubcache.load` needs TensorFlow; install ``hubcache[tf]``."""
 

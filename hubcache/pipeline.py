@@ -22,10 +22,15 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from .errors import ArchiveError
 
-try:  # the optional accelerated inflate and CRC (pip install 'hubcache[fast]')
-    from isal import isal_zlib as zlib_impl  # zlib.decompressobj and crc32, faster
+#: zlib's interface (decompressobj, crc32): python-isal's when installed
+#: (pip install 'hubcache[fast]'), faster.
+zlib_impl: Any = zlib
+try:
+    from isal import isal_zlib
+
+    zlib_impl = isal_zlib
 except ImportError:
-    zlib_impl = zlib  # type: ignore[misc]
+    pass
 
 ACCELERATED = zlib_impl is not zlib
 OUT_SIZE = 2 << 20  # most bytes one inflate step hands on
@@ -46,7 +51,8 @@ def crc32(data: Any, value: int) -> int:
     GIL for them: isal always releases it, and with the inflate thread busy each
     release costs a thread switch (20,000 small files: 4.3 s against 0.6 s)."""
     if ACCELERATED and len(data) >= 1 << 16:
-        return zlib_impl.crc32(data, value)
+        value = zlib_impl.crc32(data, value)
+        return value
     return zlib.crc32(data, value)
 
 

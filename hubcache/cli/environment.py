@@ -42,7 +42,7 @@ come from, never shown.
   kaggle_credentials  source (where they come from, or null), error (or null)"""
 
 _PACKAGES = ("requests", "urllib3", "filelock", "tqdm", "tensorflow")
-_SECONDS = frozenset({"timeout", "lock_timeout", "backoff", "min_rate_window", "latest_interval"})
+_SECONDS = {"timeout", "lock_timeout", "backoff", "min_rate_window", "latest_interval", "remote_timeout", "remote_wait"}
 
 
 def add_commands(command: Command) -> None:
@@ -165,6 +165,8 @@ def _text(setting: str, value: Any) -> str:
         return f"{value:g} s"
     if setting == "max_ratio":
         return f"{value:g}" + (" (no bound)" if not value else "")
+    if value is None:  # the shared tier and its endpoint
+        return "none" if setting == "remote" else "the AWS SDK's own (AWS_ENDPOINT_URL_S3, ...)"
     return str(value)
 
 
