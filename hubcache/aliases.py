@@ -29,16 +29,37 @@ from typing import Any, Callable, Dict, Optional
 
 from .cache import Cache, write_atomic
 from .fs import walk
-from .layout import ALIAS_SUFFIX, is_key
+from .layout import ALIAS_SUFFIX, check_files, is_key, read_record
 
 log = logging.getLogger("hubcache")
 
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
-def linked_from(source: str, metadata: Dict[str, Any], dest: str) -> Dict[str, Any]:
-    """A producer for :meth:`Cache.fetch`: the entry at ``source`` rebuilt in
-    ``dest`` by hard links (copies where links fail); returns its metadata."""
+class UnlinkableError(Exception):
+    """The source entry went away, or changed, while it was being linked."""
+
+
+def linked_from(cache: Cache, key: str, metadata: Dict[str, Any], dest: str) -> Dict[str, Any]:
+    """A producer for :meth:`Cache.fetch`: entry ``key`` rebuilt in ``dest`` by
+    hard links (copies where links fail); returns its metadata. The source is
+    held (as a reader holds it) so that ``rm`` leaves it alone meanwhile, and
+    what was linked is checked against the metadata before it is returned."""
+    with cache.reading(key):
+        try:
+            _link_tree(cache.entry_dir(key), dest)
+        except FileNotFoundError as e:
+            raise UnlinkableError(f"{e.filename} went away") from None
+    problem = check_files(dest, metadata.get("files") or {}, False)  # (cache.fetch checks the content)
+    if problem:
+        raise UnlinkableError(problem)
+    kept = ("source_url", "downloaded_from", "bytes", "sha256", "files", "crc32", "links", "kaggle_model")
+    out = {k: metadata[k] for k in kept if k in metadata}
+    out["linked_from"] = key
+    return out
+
+
+def _link_tree(source: str, dest: str) -> None:
     for rel, entry in walk(source):
         path, target = os.path.join(source, rel), os.path.join(dest, rel)
         if entry.is_symlink():
@@ -52,10 +73,6 @@ def linked_from(source: str, metadata: Dict[str, Any], dest: str) -> Dict[str, A
                 if e.errno not in _NO_LINK:
                     raise
                 shutil.copyfile(path, target)
-    kept = ("source_url", "downloaded_from", "bytes", "sha256", "files", "crc32", "links", "kaggle_model")
-    out = {k: metadata[k] for k in kept if k in metadata}
-    out["linked_from"] = os.path.basename(source)
-    return out
 
 
 def usable(cache: Cache, key: str, require_saved_model: bool) -> Optional[Dict[str, Any]]:
@@ -81,7 +98,7 @@ def source(
     for source_key in dict.fromkeys(k for k in candidates if k and k != key):
         metadata = usable(cache, source_key, require_saved_model)
         if metadata is not None and not (sha256 and metadata.get("sha256") != sha256.lower()):
-            return functools.partial(linked_from, cache.entry_dir(source_key), metadata)
+            return functools.partial(linked_from, cache, source_key, metadata)
     return None
 
 
@@ -106,9 +123,5 @@ def share(cache: Cache, key: str, handle: str, canonical: str) -> None:
 def _recorded(cache: Cache, canonical: str) -> Optional[str]:
     from .handles import cache_key
 
-    try:
-        with open(os.path.join(cache.root, cache_key(canonical) + ALIAS_SUFFIX), encoding="utf-8") as f:
-            entry = json.load(f).get("entry")
-    except (OSError, ValueError, AttributeError):
-        return None
+    entry = (read_record(os.path.join(cache.root, cache_key(canonical) + ALIAS_SUFFIX)) or {}).get("entry")
     return entry if isinstance(entry, str) and is_key(entry) else None

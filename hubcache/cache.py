@@ -112,12 +112,7 @@ class Cache:
         from .handles import cache_key
 
         record = os.path.join(self.root, cache_key(model) + ALIAS_SUFFIX)
-        try:
-            with open(record, encoding="utf-8") as f:
-                names_this = json.load(f).get("entry") == key
-        except (OSError, ValueError, AttributeError):
-            return
-        if names_this:
+        if (layout.read_record(record) or {}).get("entry") == key:
             with suppress(OSError):
                 os.remove(record)
 

@@ -58,6 +58,7 @@ class Body:
         self.requested_url = requested_url  # where the chain of redirects starts
         self.url = url  # the URL that answered, after redirects
         self.chain = list(transport.chain)  # every URL on the way (a tfhub.dev chain names the Kaggle model)
+        self.model_page: Optional[str] = None  # the Kaggle model version, when a route made it known
         self.handle = transport.handle
         self.bytes_read = 0
         self._transport = transport
@@ -262,6 +263,7 @@ def open_archive(plan: ArchivePlan, *, handle: str, settings: Settings) -> Itera
                 log.info("%s: %s; trying %s", handle, _answer(e), redact(routes[0][0]))
                 continue
             try:
+                body.model_page = model_page
                 log.info("Downloading %s from %s", handle, redact(body.url))
                 yield body
                 return

@@ -6,11 +6,15 @@ under the entry's lock. Offline, only the first two.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Union
 
 from . import handles as _handles
 from .errors import HubcacheError
+
+log = logging.getLogger("hubcache")
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -47,12 +51,12 @@ def remote_entry(
     if settings.offline and linked is None:
         other_archive = bool(sha256) and cache.lookup(key, require_saved_model=require).valid
         raise _offline_error(cache.entry_dir(key), shown, settings, status.problem, other_archive)
-    if linked is not None:  # the same model version under another name: its files, no download
-        produce = linked
-    elif isinstance(how, ArchivePlan):
+    if isinstance(how, ArchivePlan):
         produce = functools.partial(_download, how, shown, settings)
     else:
         produce = functools.partial(_fetch_directory, how, shown, settings)
+    if linked is not None:  # the same model version under another name: its files, no download
+        produce = functools.partial(_linked_or, linked, None if settings.offline else produce, shown)
     path = cache.fetch(
         key,
         shown,
@@ -63,9 +67,35 @@ def remote_entry(
         cancellation=settings.cancellation,
     )
     model = model or (cache.read_metadata(key) or {}).get("kaggle_model")  # a tfhub.dev chain named it
-    if model:
+    if isinstance(model, str):
         aliases.share(cache, key, shown, model)
     return path
+
+
+def _linked_or(
+    linked: "Callable[[str], Dict[str, Any]]",
+    fallback: "Optional[Callable[[str], Dict[str, Any]]]",
+    shown: str,
+    dest: str,
+) -> "Dict[str, Any]":
+    """``linked``'s entry; if its source went away meanwhile (``rm``), a download."""
+    from . import aliases
+    from .errors import OfflineError
+    from .fs import remove_tree
+
+    try:
+        return linked(dest)
+    except aliases.UnlinkableError as e:
+        if fallback is None:
+            raise OfflineError(
+                f"{shown} could not be made from the cached copy of the same model ({e}), and "
+                "HUBCACHE_OFFLINE=1 forbids downloading it: prefetch it on a connected machine.",
+                handle=shown,
+            ) from None
+        log.info("%s: the cached copy of the same model changed (%s); downloading it", shown, e)
+    for name in os.listdir(dest):
+        remove_tree(os.path.join(dest, name))
+    return fallback(dest)
 
 
 def _offline_error(
@@ -127,7 +157,7 @@ def _download(how: ArchivePlan, handle: str, settings: Settings, dest: str) -> D
                 "Downloaded %s: %.1f MiB in %.1f s, %.1f MiB per second", handle, mib, seconds, mib / seconds
             )
             found = next(filter(None, (kaggle_fallback(url, settings) for url in body.chain)), None)
-            model = how.model_page or (found[1] if found else None)  # the Kaggle model version it is
+            model = body.model_page or (found[1] if found else None)  # the Kaggle model version it is
             return {
                 **({"kaggle_model": model} if model else {}),
                 "source_url": redact(body.requested_url),
@@ -145,13 +175,13 @@ def _download(how: ArchivePlan, handle: str, settings: Settings, dest: str) -> D
 def fetch_location(plan: "LocationPlan", *, handle: str, settings: "Settings") -> str:
     """The ``gs://`` location a server gives for an uncompressed model."""
     from .errors import DownloadError
-    from .transport import Transport, redact
+    from .transport import Transport, read_small, redact
 
     transport = Transport(handle, settings, None)
     try:
         response, url = transport.get(plan.url)
         with response:
-            body = response.raw.read(4096, decode_content=True) if response.status_code == 303 else b""
+            body = read_small(transport, response, 4096, url) if response.status_code == 303 else b""
     finally:
         transport.close()
     location = body.decode("utf-8", "replace").strip()

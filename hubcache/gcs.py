@@ -25,6 +25,7 @@ from .writer import SafeWriter
 
 MAX_PAGE = 16 << 20  # bytes of one listing page (a thousand objects take ~1 MiB)
 MAX_PAGES = 10_000
+MAX_NAME = 1024  # bytes of an object name: GCS's own bound
 
 
 @dataclass
@@ -68,6 +69,7 @@ def _list(transport: Transport, how: DirectoryPlan, handle: str, settings: Setti
     budget = Budget(handle, settings.limits())
     objects: List[_Object] = []
     token: Optional[str] = None
+    tokens = set()  # a listing that loops is not an endless one
     for _ in range(MAX_PAGES):
         query = {"prefix": how.prefix, "fields": "items(name,size),nextPageToken"}
         if token:
@@ -87,8 +89,9 @@ def _list(transport: Transport, how: DirectoryPlan, handle: str, settings: Setti
         token = page.get("nextPageToken")
         if not token:
             break
-        if not isinstance(token, str):
-            raise _bad_listing(handle, how, "its page token is not a string")
+        if not isinstance(token, str) or token in tokens:
+            raise _bad_listing(handle, how, "its page token is not a string, or repeats")
+        tokens.add(token)
     else:
         raise _bad_listing(handle, how, f"it goes on for more than {MAX_PAGES} pages")
     if not any(o.kind == "file" for o in objects):
@@ -115,7 +118,7 @@ def _get_json(transport: Transport, url: str, handle: str) -> Dict[str, Any]:
 def _name_and_size(item: Any, how: DirectoryPlan, handle: str) -> Tuple[str, int]:
     name = item.get("name") if isinstance(item, dict) else None
     size = item.get("size") if isinstance(item, dict) else None
-    if not isinstance(name, str) or not name.startswith(how.prefix):
+    if not isinstance(name, str) or len(name) > MAX_NAME or not name.startswith(how.prefix):
         raise _bad_listing(handle, how, f"it lists {str(name)[:100]!r}, outside the directory")
     if not (isinstance(size, (str, int)) and str(size).isascii() and str(size).isdigit()):
         raise _bad_listing(handle, how, f"the size of {name[:100]!r} is not a number")

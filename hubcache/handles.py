@@ -294,7 +294,7 @@ def _parse_http(raw: str) -> Handle:
     segments = [s for s in url_path.split("/") if s]
     path = "/" + "/".join(segments)
     if host in TFHUB_HOSTS:
-        if len(segments) < 3 or not segments[-1].isdigit():
+        if len(segments) < 3 or not (segments[-1].isascii() and segments[-1].isdigit()):
             raise HandleError(
                 f"handle {redact(raw)!r} is not a tfhub.dev model: it should look like "
                 "https://tfhub.dev/<publisher>/<model>/<version>, the version a number.",
@@ -341,7 +341,7 @@ def _kaggle_parts(raw: str, segments: "List[str]") -> "Tuple[str, ...]":
             f"{redact(raw).rsplit('/', 1)[0]} ? A Kaggle handle without a version means the latest.",
             handle=redact(raw),
         )
-    if len(parts) < 4 or not all(parts) or (len(parts) == 5 and not parts[4].isdigit()):
+    if len(parts) < 4 or not all(parts) or (len(parts) == 5 and not (parts[4].isascii() and parts[4].isdigit())):
         raise HandleError(
             f"handle {redact(raw)!r} is not a Kaggle model: it should look like {_KAGGLE_SHAPE}.",
             handle=redact(raw),
@@ -355,7 +355,7 @@ _SLUG_PART = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 def _slug(segments: "List[str]") -> "Optional[Tuple[str, ...]]":
     """(owner, model, framework, variation, version or "") if ``segments`` fit
     Kaggle's slug grammar, else None."""
-    if len(segments) not in (4, 5) or (len(segments) == 5 and not segments[4].isdigit()):
+    if len(segments) not in (4, 5) or (len(segments) == 5 and not (segments[4].isascii() and segments[4].isdigit())):
         return None
     allowed = set(_SLUG_PART + "._-")
     for part in segments:  # each starts with a letter or digit: never ".", "..", "~" or "-x"

@@ -7,7 +7,6 @@ which is atomic per entry and leaves entries in use alone.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import re
 import stat
@@ -29,6 +28,7 @@ from .layout import (
     METADATA_SUFFIX,
     TMP_INFIX,
     TRASH_INFIX,
+    read_record,
 )
 from .redaction import redact
 
@@ -105,15 +105,13 @@ def scan(cache: Cache, readonly: bool = False) -> List[Entry]:
 
 def _latest_records(cache: Cache, names: List[str]) -> Dict[str, List[str]]:
     """entry key -> the unversioned Kaggle handles whose "latest" record names it."""
+    from .latest import usable
+
     out: Dict[str, List[str]] = {}
     for name in names:
-        try:
-            with open(os.path.join(cache.root, name), encoding="utf-8") as f:
-                record = json.load(f)
-            if isinstance(record.get("version"), int) and isinstance(record.get("handle"), str):
-                out.setdefault(str(record.get("entry")), []).append(record["handle"])
-        except (OSError, ValueError, AttributeError):
-            continue
+        record = read_record(os.path.join(cache.root, name))
+        if record is not None and usable(record) and isinstance(record.get("handle"), str):
+            out.setdefault(str(record.get("entry")), []).append(record["handle"])
     return out
 
 

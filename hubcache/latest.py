@@ -26,6 +26,7 @@ from .config import Settings
 from .errors import DownloadError, OfflineError
 from .handles import Handle, cache_key
 from .layout import LATEST_SUFFIX
+from .layout import read_record as layout_record
 from .resolvers import LatestPlan
 
 if TYPE_CHECKING:
@@ -44,14 +45,15 @@ def read_record(roots: Iterable[str], handle: Handle) -> Optional[Dict[str, Any]
     """The record of ``handle`` in the first of the caches ``roots`` that has a
     usable one, or None."""
     for root in roots:
-        try:
-            with open(record_path(root, handle), encoding="utf-8") as f:
-                record = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and _version(record.get("version")) and isinstance(record.get("checked"), float):
+        record = layout_record(record_path(root, handle))
+        if record is not None and usable(record):
             return record
     return None
+
+
+def usable(record: Dict[str, Any]) -> bool:
+    """Whether a "latest" record has what resolving needs."""
+    return _version(record.get("version")) is not None and isinstance(record.get("checked"), float)
 
 
 def resolve_latest(handle: Handle, how: LatestPlan, settings: Settings) -> Tuple[Handle, Optional[Dict[str, Any]]]:

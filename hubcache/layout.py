@@ -43,6 +43,8 @@ IMPORT_PREFIX = ".hubcache-import."  # a bundle being imported: .hubcache-import
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 KEY_LENGTH = 40  # hex digits of a SHA-1: the name of an entry
 _HEX_DIGITS = frozenset("0123456789abcdef")
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a fifo must not block the open
 USE_RESOLUTION = 3600.0  # last-use times are kept to the hour: one write an hour
 
 #: Entries checked in full by this process: directory -> (identity of its
@@ -207,9 +209,40 @@ def read_metadata(directory: str) -> "Optional[Dict[str, Any]]":
     try:
         with open(directory + METADATA_SUFFIX, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # (deep nesting: a damaged or hostile file)
         return None
     return data if isinstance(data, dict) else None
+
+
+RECORD_LIMIT = 64 << 10  # bytes of a small record file (latest, alias): real ones are ~200
+
+
+def read_record(path: str) -> "Optional[Dict[str, Any]]":
+    """The JSON object in the small record file ``path``, or None for anything
+    else: missing, not a regular file (a symlink, a fifo, /dev/zero), over
+    RECORD_LIMIT, not JSON, or nested too deep. A record may come from a shared
+    or copied cache: it is input like any other."""
+    import json
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > RECORD_LIMIT:
+            return None
+        data = os.read(fd, RECORD_LIMIT + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _lookup_foreign(directory: str, require_saved_model: bool) -> Status:

@@ -15,12 +15,12 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from .cache import Cache, utc_iso, write_atomic
 from .config import Settings
 from .handles import cache_key
-from .layout import LATEST_SUFFIX
+from .layout import LATEST_SUFFIX, read_record
 
 log = logging.getLogger("hubcache")
 
@@ -92,12 +92,7 @@ def extracted(path: str, shown: str, settings: Settings) -> str:
 def _forget_previous(cache: Cache, source: str, key: str, shown: str) -> None:
     """Record ``key`` as the file's current entry; remove the one before it."""
     record = os.path.join(cache.root, cache_key(source) + LATEST_SUFFIX)
-    previous: Optional[str] = None
-    try:
-        with open(record, encoding="utf-8") as f:
-            previous = json.load(f).get("entry")
-    except (OSError, ValueError, AttributeError):
-        pass
+    previous = (read_record(record) or {}).get("entry")
     if previous == key:
         return
     try:
@@ -108,6 +103,9 @@ def _forget_previous(cache: Cache, source: str, key: str, shown: str) -> None:
         try:
             removed = cache.remove(previous, shown)
         except ValueError:  # not an entry name: a damaged record
+            return
+        except OSError as e:  # the new entry is ready: the old one only costs disk
+            log.warning("%s changed, and the entry of its previous content could not be removed: %s", shown, e)
             return
         if removed:
             log.info("%s changed: removed the entry of its previous content", shown)

@@ -61,6 +61,8 @@ def _hostile(hub, answer):
         ({"items": [{"name": "d/x", "size": "١"}]}, "not a number"),
         ({"items": "nope"}, "not a list"),
         ({"items": [{"name": "d/x", "size": "1"}], "nextPageToken": 7}, "page token"),
+        ({"items": [{"name": "d/x", "size": "1"}], "nextPageToken": "same"}, "repeats"),
+        ({"items": [{"name": "d/" + "x" * 2000, "size": "1"}]}, "outside the directory"),
         ({"items": [{"name": "d/x", "size": str(1 << 50)}]}, "HUBCACHE_MAX_SIZE"),
         ([1, 2], "JSON listing"),
     ],
@@ -78,7 +80,7 @@ def test_an_endless_listing_stops_at_the_file_limit(env, hub, cache_dir, monkeyp
 
     def endless(req):
         counter["n"] += 1
-        return Reply(200, json.dumps({"items": [{"name": f"d/f{counter['n']}", "size": "1"}], "nextPageToken": "more"}).encode())
+        return Reply(200, json.dumps({"items": [{"name": f"d/f{counter['n']}", "size": "1"}], "nextPageToken": f"p{counter['n']}"}).encode())
 
     hub.storage.route("/storage/v1/b/evil/o", endless)
     with pytest.raises(hubcache.ArchiveError, match="HUBCACHE_MAX_FILES"):

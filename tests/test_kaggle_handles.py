@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import tarfile
+import time
 
 import pytest
 
@@ -490,3 +491,116 @@ def test_every_form_through_the_cli(env, hub, tmp_path):
     assert info["handle"] == "https://www.kaggle.com/models/keras/gemma/keras/gemma_2b_en/1"
     r = run_cli("info", "kaggle://keras/gemma/Keras/gemma_2b_en", env=offline, cwd=str(tmp_path))
     assert "latest of: ['kaggle://keras/gemma/Keras/gemma_2b_en']" not in r.stdout and "latest of:" in r.stdout
+
+
+# ------------------------------------------------------------ hostile answers and records
+
+
+@pytest.mark.parametrize("version", ["%C2%B2", "%D9%A1", "%EF%BC%91"])  # superscript 2, Arabic-Indic and full-width 1
+def test_a_version_must_be_ascii_digits(version):
+    for raw in (f"https://www.kaggle.com/models/a/b/keras/c/{version}", f"https://www.kaggle.com/api/v1/models/a/b/keras/c/{version}/download"):
+        with pytest.raises(hubcache.HandleError, match="should look like"):
+            parse(raw)
+
+
+def test_latest_answers_nested_too_deep_or_dripping_are_refused(env, hub, tmp_path, monkeypatch):
+    from hubserver import Reply
+
+    monkeypatch.chdir(tmp_path)
+    get = "/api/v1/models/google/deep/tensorFlow2/small/get"
+    rpc = "/v1/models.ModelApiService/GetModelInstance"
+    hub.kaggle.route(get, lambda req: Reply(200, b"[" * 200_000, {"Content-Type": "application/json"}))
+    hub.kaggle_api.fault(rpc, status=404)
+    with pytest.raises(hubcache.DownloadError, match="no version"):
+        hubcache.resolve("google/deep/tensorFlow2/small")
+    # A drip, far under HUBCACHE_MIN_RATE (1 KiB/s, averaged after 1 s), or silence: refused in bounded time.
+    monkeypatch.setenv("HUBCACHE_MIN_RATE_WINDOW", "1")
+    hub.kaggle.route(get, lambda req: Reply(200, b" " * 100_000 + b'{"versionNumber": 1}', blob=True))
+    hub.kaggle.fault(get, bytes_per_second=5)
+    started = time.monotonic()
+    with pytest.raises(hubcache.DownloadError, match="answers too slowly|did not finish its answer"):
+        hubcache.resolve("google/deep/tensorFlow2/small")
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("content", [b"[" * 200_000, b"{" + b" " * (1 << 20) + b"}", None])
+def test_hostile_record_files_are_ignored(env, hub, cache_dir, tmp_path, monkeypatch, content):
+    monkeypatch.chdir(tmp_path)
+    slug = "google/tiny/tensorFlow2/small"
+    os.makedirs(cache_dir, exist_ok=True)
+    record = os.path.join(cache_dir, cache_key(slug) + ".hubcache.latest")
+    if content is None:
+        os.symlink("/dev/zero", record)  # endless
+    else:
+        with open(record, "wb") as f:
+            f.write(content)
+    monkeypatch.setenv("HUBCACHE_OFFLINE", "1")
+    with pytest.raises(hubcache.OfflineError, match="names no version"):
+        hubcache.resolve(slug)
+    r = run_cli("ls", "--json", env=dict(env, HUBCACHE_OFFLINE="1"))
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_source_removed_while_linking_falls_back_to_a_download(env, hub, cache_dir, tmp_path, monkeypatch):
+    from hubcache import aliases
+    from hubcache.cache import Cache
+    from hubcache.entries import _linked_or
+
+    monkeypatch.chdir(tmp_path)
+    hub.publish_kaggle("google/tiny/tensorFlow2/small/4", fake_saved_model(4))
+    canonical = "https://www.kaggle.com/models/google/tiny/tensorFlow2/small/4"
+    hubcache.resolve(canonical)
+    cache = Cache(cache_dir)
+    other = cache_key("https://www.kaggle.com/models/google/tiny/TensorFlow2/small/4")
+    linked = aliases.source(cache, other, canonical, True, None)
+    assert linked is not None
+    assert cache.remove(cache_key(canonical), canonical)  # rm, between choosing the source and linking
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    calls = []
+
+    def download(d):
+        calls.append(sorted(os.listdir(d)))  # what the failed link left: nothing
+        return {"files": {}}
+
+    assert _linked_or(linked, download, "h", str(dest)) == {"files": {}} and calls == [[]]
+    with pytest.raises(hubcache.OfflineError, match="could not be made from the cached copy"):
+        _linked_or(linked, None, "h", str(dest))
+
+
+def test_a_small_answer_is_held_to_the_progress_floor(env, monkeypatch):
+    import socket
+    import threading
+
+    from hubcache.config import load_settings
+    from hubcache.transport import Transport, get_json
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    stop = threading.Event()
+
+    def drip():  # a JSON answer, one byte every 0.2 s: never silent long enough for the read timeout
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+        while not stop.is_set():
+            try:
+                conn.sendall(b" ")
+            except OSError:
+                break
+            time.sleep(0.2)
+        conn.close()
+
+    threading.Thread(target=drip, daemon=True).start()
+    monkeypatch.setenv("HUBCACHE_MIN_RATE_WINDOW", "1")
+    transport = Transport("h", load_settings(), None)
+    started = time.monotonic()
+    try:
+        with pytest.raises(hubcache.DownloadError, match="answers too slowly"):
+            get_json(transport, f"http://127.0.0.1:{server.getsockname()[1]}/x", limit=1 << 20, doing="testing")
+    finally:
+        stop.set()
+        transport.close()
+        server.close()
+    assert time.monotonic() - started < 5
