@@ -327,7 +327,10 @@ def _disk_usage(path: str) -> "tuple[int, int]":
             st = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        size += _blocks(st)
+        # A file hard-linked into n entries (another spelling of the same model)
+        # counts 1/n in each, so that sizes add up to the disk used.
+        shared = st.st_nlink if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 else 1
+        size += _blocks(st) // shared
         files += not stat.S_ISDIR(st.st_mode)
     return size, files
 

@@ -604,3 +604,15 @@ def test_a_small_answer_is_held_to_the_progress_floor(env, monkeypatch):
         transport.close()
         server.close()
     assert time.monotonic() - started < 5
+
+
+def test_linked_entries_add_up_to_the_disk_they_use(env, hub, cache_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hub.publish_kaggle("google/tiny/tensorFlow2/small/5", fake_saved_model(5, size=2_000_000))
+    hubcache.resolve("google/tiny/tensorFlow2/small/5")
+    hubcache.resolve("https://www.kaggle.com/models/google/tiny/TensorFlow2/small/5")  # linked, no download
+    entries = json.loads(run_cli("ls", "--json", env=env).stdout)["entries"]
+    assert len(entries) == 2 and entries[0]["size"] == entries[1]["size"]
+    used = sum(e["size"] for e in entries)
+    files = sum(len(d) for d in fake_saved_model_files(5, size=2_000_000).values())
+    assert files <= used < files * 1.2  # once, not twice

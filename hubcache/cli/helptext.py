@@ -63,7 +63,7 @@ _ENTRY_FIELDS_HELP = """\
   state       ok, foreign (made by tensorflow_hub), damaged, or incomplete
               (a download's leftovers)
   problem     what is wrong (damaged, incomplete), else null
-  size        bytes on disk
+  size        bytes on disk (a file hard-linked into n entries counts 1/n in each)
   files       number of files
   fetched_at  when it was fetched (ISO 8601, UTC), or null
   last_used   when it was last resolved (to the hour), or null
