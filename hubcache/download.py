@@ -18,13 +18,13 @@ import http.client
 import logging
 import re
 import sys
-import time
 from contextlib import contextmanager
 from typing import Any, Iterator, List, Optional, Tuple
 
 import requests
 import urllib3
 
+from .answers import Floor
 from .cancel import shutdown
 from .config import Settings
 from .errors import DownloadError, IntegrityError
@@ -96,7 +96,7 @@ class Body:
         bar = _progress_bar(self.size, self.handle, settings)
         hook = settings.progress_hook or (lambda received, announced: None)
         hook(0, self.size or 0)
-        floor = _Floor(settings, self._received)
+        floor = Floor(settings, self._received)
         data = self._first
         try:
             while True:
@@ -342,33 +342,6 @@ def _content_range(value: str) -> Tuple[Optional[int], Optional[int]]:
     if not m:
         return None, None
     return int(m.group(1)), (int(m.group(2)) if m.group(2) != "*" else None)
-
-
-class _Floor:
-    """The progress floor: each window of ``min_rate_window`` seconds must bring
-    ``min_rate`` bytes per second on average."""
-
-    def __init__(self, settings: Settings, received: int) -> None:
-        self.rate = settings.min_rate
-        self.window = settings.min_rate_window
-        self.restart(received)
-
-    def restart(self, received: int) -> None:
-        self.started, self.start_bytes = time.monotonic(), received
-
-    def check(self, received: int) -> Optional[str]:
-        """Why this attempt is too slow, or None."""
-        elapsed = time.monotonic() - self.started
-        if not self.rate or elapsed < self.window:
-            return None
-        got = received - self.start_bytes
-        if got >= self.rate * elapsed:
-            self.restart(received)
-            return None
-        return (
-            f"{got} bytes in the last {elapsed:.0f} s, below the floor of {self.rate} bytes/s "
-            f"(HUBCACHE_MIN_RATE) over HUBCACHE_MIN_RATE_WINDOW={self.window:g} s"
-        )
 
 
 class _StorageChecksum:

@@ -174,8 +174,9 @@ def _download(how: ArchivePlan, handle: str, settings: Settings, dest: str) -> D
 
 def fetch_location(plan: "LocationPlan", *, handle: str, settings: "Settings") -> str:
     """The ``gs://`` location a server gives for an uncompressed model."""
+    from .answers import read_small
     from .errors import DownloadError
-    from .transport import Transport, read_small, redact
+    from .transport import Transport, redact
 
     transport = Transport(handle, settings, None)
     try:

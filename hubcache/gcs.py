@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import quote, urlencode
 
+from .answers import get_json
 from .archive import Budget
 from .config import Settings
 from .errors import DownloadError, IntegrityError
 from .resolvers import DirectoryPlan
-from .transport import Transport, get_json, redact
+from .transport import Transport, redact
 from .writer import SafeWriter
 
 MAX_PAGE = 16 << 20  # bytes of one listing page (a thousand objects take ~1 MiB)

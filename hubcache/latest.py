@@ -121,7 +121,8 @@ def ask_kaggle(how: LatestPlan, shown: str, settings: Settings) -> int:
 
 
 def _ask(transport: Transport, url: str, post: Optional[str], shown: str) -> int:
-    from .transport import get_json, redact
+    from .answers import get_json
+    from .transport import redact
 
     answer, final_url = get_json(transport, url, limit=MAX_ANSWER, doing="asking for its latest version", post=post)
     version = _version(answer.get("versionNumber")) if isinstance(answer, dict) else None

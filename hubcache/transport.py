@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import json
 import logging
 import random
 import re
@@ -344,53 +343,6 @@ class Transport:
         response.close()
         if self.cancellation is not None:
             self.cancellation.untrack(response)
-
-
-def get_json(transport: Transport, url: str, *, limit: int, doing: str, post: Optional[str] = None) -> Tuple[Any, str]:
-    """The JSON that ``url`` answers (``post``: the JSON to POST), at most
-    ``limit`` bytes of it, or None where it is none; and the URL that answered.
-    An HTTP error raises :func:`http_error`, ``doing`` saying what was asked."""
-    response, final_url = transport.get(url, {"Accept": "application/json"}, post=post)
-    with response:
-        if response.status_code != 200:
-            raise http_error(response.status_code, final_url, transport, f" ({doing})")
-        body = read_small(transport, response, limit, final_url)
-    try:
-        return (json.loads(body) if len(body) <= limit else None), final_url
-    except (ValueError, RecursionError):  # (nesting too deep: hostile, or not meant as JSON)
-        return None, final_url
-
-
-def read_small(transport: Transport, response: requests.Response, limit: int, url: str) -> bytes:
-    """Up to ``limit`` + 1 bytes of a small answer (JSON, a location), read as
-    they arrive and held to the download's progress floor (HUBCACHE_MIN_RATE on
-    average, after HUBCACHE_MIN_RATE_WINDOW): a server that drips bytes cannot
-    keep the caller, or an entry's lock, for days."""
-    settings, raw = transport.settings, response.raw
-    read = getattr(raw, "read1", raw.read)
-    got, started = bytearray(), time.monotonic()
-    while len(got) <= limit:
-        try:
-            piece = read(min(64 << 10, limit + 1 - len(got)))
-        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as e:
-            raise DownloadError(
-                f"{redact(url)} did not finish its answer for {transport.handle} ({reason(e, settings)}): "
-                "try again later.",
-                handle=transport.handle,
-                url=redact(url),
-            ) from None
-        if not piece:
-            break
-        got += piece
-        elapsed = time.monotonic() - started
-        if settings.min_rate and elapsed > settings.min_rate_window and len(got) < settings.min_rate * elapsed:
-            raise DownloadError(
-                f"{redact(url)} answers too slowly for {transport.handle} ({len(got)} bytes in {elapsed:.0f} s, "
-                f"under HUBCACHE_MIN_RATE): try again later.",
-                handle=transport.handle,
-                url=redact(url),
-            )
-    return bytes(got)
 
 
 def http_error(status: int, url: str, transport: Transport, extra: str = "") -> DownloadError:

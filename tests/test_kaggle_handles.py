@@ -572,8 +572,9 @@ def test_a_small_answer_is_held_to_the_progress_floor(env, monkeypatch):
     import socket
     import threading
 
+    from hubcache.answers import get_json
     from hubcache.config import load_settings
-    from hubcache.transport import Transport, get_json
+    from hubcache.transport import Transport
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

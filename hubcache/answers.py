@@ -1,0 +1,90 @@
+"""Reading what servers answer: the progress floor every read is held to
+(:class:`Floor`, ``HUBCACHE_MIN_RATE`` over ``HUBCACHE_MIN_RATE_WINDOW``), and
+small answers read whole under it (:func:`read_small`, :func:`get_json`).
+Archive bodies are :mod:`hubcache.download`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Optional, Tuple
+
+import requests
+import urllib3
+
+from .config import Settings
+from .errors import DownloadError
+from .transport import Transport, http_error, reason, redact
+
+
+class Floor:
+    """The progress floor: each window of ``min_rate_window`` seconds must bring
+    ``min_rate`` bytes per second on average."""
+
+    def __init__(self, settings: Settings, received: int = 0) -> None:
+        self.rate = settings.min_rate
+        self.window = settings.min_rate_window
+        self.restart(received)
+
+    def restart(self, received: int) -> None:
+        self.started, self.start_bytes = time.monotonic(), received
+
+    def check(self, received: int) -> Optional[str]:
+        """Why this attempt is too slow, or None."""
+        elapsed = time.monotonic() - self.started
+        if not self.rate or elapsed < self.window:
+            return None
+        got = received - self.start_bytes
+        if got >= self.rate * elapsed:
+            self.restart(received)
+            return None
+        return (
+            f"{got} bytes in the last {elapsed:.0f} s, below the floor of {self.rate} bytes/s "
+            f"(HUBCACHE_MIN_RATE) over HUBCACHE_MIN_RATE_WINDOW={self.window:g} s"
+        )
+
+
+def get_json(transport: Transport, url: str, *, limit: int, doing: str, post: Optional[str] = None) -> Tuple[Any, str]:
+    """The JSON that ``url`` answers (``post``: the JSON to POST), at most
+    ``limit`` bytes of it, or None where it is none; and the URL that answered.
+    An HTTP error raises :func:`http_error`, ``doing`` saying what was asked."""
+    response, final_url = transport.get(url, {"Accept": "application/json"}, post=post)
+    with response:
+        if response.status_code != 200:
+            raise http_error(response.status_code, final_url, transport, f" ({doing})")
+        body = read_small(transport, response, limit, final_url)
+    try:
+        return (json.loads(body) if len(body) <= limit else None), final_url
+    except (ValueError, RecursionError):  # (nesting too deep: hostile, or not meant as JSON)
+        return None, final_url
+
+
+def read_small(transport: Transport, response: requests.Response, limit: int, url: str) -> bytes:
+    """Up to ``limit`` + 1 bytes of a small answer (JSON, a location), read as
+    they arrive and held to the download's progress :class:`Floor`: a server
+    that drips bytes cannot keep the caller, or an entry's lock, for days."""
+    raw = response.raw
+    read = getattr(raw, "read1", raw.read)
+    got, floor = bytearray(), Floor(transport.settings)
+    while len(got) <= limit:
+        try:
+            piece = read(min(64 << 10, limit + 1 - len(got)))
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as e:
+            raise DownloadError(
+                f"{redact(url)} did not finish its answer for {transport.handle} ({reason(e, transport.settings)}): "
+                "try again later.",
+                handle=transport.handle,
+                url=redact(url),
+            ) from None
+        if not piece:
+            break
+        got += piece
+        problem = floor.check(len(got))
+        if problem:
+            raise DownloadError(
+                f"{redact(url)} answers too slowly for {transport.handle} ({problem}): try again later.",
+                handle=transport.handle,
+                url=redact(url),
+            )
+    return bytes(got)
