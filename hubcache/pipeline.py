@@ -150,6 +150,48 @@ def peek(it: Iterator[bytes], n: int) -> Tuple[bytes, Iterator[bytes]]:
     return joined[:n], again()
 
 
+class Cursor:
+    """A reading position in a stream of byte chunks, for the archive readers:
+    ``view`` is what is left of the current chunk (a reader may put unused
+    bytes back there), ``chunks`` the rest of the stream."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self.chunks = chunks
+        self.view = memoryview(b"")
+
+    def more(self) -> bool:
+        """Move to the next non-empty chunk; False at the stream's end."""
+        for chunk in self.chunks:
+            if chunk:
+                self.view = memoryview(chunk)
+                return True
+        return False
+
+    def piece(self, n: int) -> memoryview:
+        """The next at most ``n`` bytes, as a view; empty at the stream's end."""
+        if not self.view and not self.more():
+            return memoryview(b"")
+        piece = self.view[:n]
+        self.view = self.view[len(piece) :]
+        return piece
+
+    def take(self, n: int) -> bytes:
+        """Exactly ``n`` bytes, or fewer at the stream's end."""
+        if len(self.view) >= n:  # the common case: a header inside one chunk
+            out = self.view[:n].tobytes()
+            self.view = self.view[n:]
+            return out
+        parts: List[bytes] = []
+        got = 0
+        while got < n:
+            piece = self.piece(n - got)
+            if not piece:
+                break
+            parts.append(piece.tobytes())
+            got += len(piece)
+        return b"".join(parts)
+
+
 # --------------------------------------------------------------- compression
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
 from .errors import ArchiveError
+from .pipeline import Cursor
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
@@ -191,34 +192,10 @@ class TarReader:
     """
 
     def __init__(self, chunks: Iterator[bytes], handle: str, charge: Callable[[str, int], None]) -> None:
-        self._chunks = chunks
+        self._in = Cursor(chunks)
         self._handle = handle
         self._charge = charge
-        self._view = memoryview(b"")
         self._unread = 0  # data of the current member not consumed yet
-
-    def _more(self) -> bool:
-        for chunk in self._chunks:
-            if chunk:
-                self._view = memoryview(chunk)
-                return True
-        return False
-
-    def _take(self, n: int) -> bytes:
-        """Exactly ``n`` bytes, or fewer at the end of the stream."""
-        if len(self._view) >= n:
-            out = self._view[:n].tobytes()
-            self._view = self._view[n:]
-            return out
-        parts = [self._view.tobytes()]
-        got = len(parts[0])
-        self._view = memoryview(b"")
-        while got < n and self._more():
-            piece = self._view[: n - got]
-            parts.append(piece.tobytes())
-            self._view = self._view[len(piece) :]
-            got += len(piece)
-        return b"".join(parts)
 
     def data(self, n: int) -> Iterator[memoryview]:
         """The next ``n`` bytes of the current member's data, as views."""
@@ -229,10 +206,9 @@ class TarReader:
 
     def _pieces(self, n: int) -> Iterator[memoryview]:
         while n > 0:
-            if not self._view and not self._more():
+            piece = self._in.piece(n)
+            if not piece:
                 raise self._truncated()
-            piece = self._view[:n]
-            self._view = self._view[len(piece) :]
             n -= len(piece)
             yield piece
 
@@ -271,7 +247,7 @@ class TarReader:
         its data (:meth:`data`) before asking for the next."""
         ext = _NONE
         while True:
-            block = self._take(BLOCK)
+            block = self._in.take(BLOCK)
             if len(block) < BLOCK:
                 raise self._truncated()
             if block == ZERO_BLOCK:
@@ -325,7 +301,7 @@ class TarReader:
                 "or GNU long names) before one member",
             )
         self._charge(name, size)
-        data = self._take(size)
+        data = self._in.take(size)
         if len(data) < size:
             raise self._truncated()
         self._skip(-size % BLOCK)
@@ -346,9 +322,9 @@ class TarReader:
     def finish(self) -> None:
         """Read the rest of the stream after the end-of-archive marker (for the
         compressed stream's own end and CRC), refusing more than MAX_TRAILER."""
-        extra = len(self._view)
-        self._view = memoryview(b"")
-        for chunk in self._chunks:
+        extra = len(self._in.view)
+        self._in.view = memoryview(b"")
+        for chunk in self._in.chunks:
             extra += len(chunk)
             if extra > MAX_TRAILER:
                 break

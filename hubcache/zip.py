@@ -23,7 +23,7 @@ import zlib
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .errors import ArchiveError
-from .pipeline import DECODE_ERRORS, MAX_SILENT_INPUT, OUT_SIZE, RATIO_FLOOR, crc32, zlib_impl
+from .pipeline import DECODE_ERRORS, MAX_SILENT_INPUT, OUT_SIZE, RATIO_FLOOR, Cursor, crc32, zlib_impl
 from .tar import MAX_TRAILER
 from .zipformat import (
     AES_EXTRA,
@@ -81,33 +81,19 @@ class ZipReader:
         self, chunks: Iterator[bytes], handle: str, charge: Callable[[str, int], None],
         grow: Callable[[str, int], None], max_ratio: float,
     ) -> None:  # fmt: skip
-        self._chunks, self._handle = chunks, handle
+        self._in, self._handle = Cursor(chunks), handle
         self._charge, self._grow, self._max_ratio = charge, grow, max_ratio
-        self._view = memoryview(b"")
         self._pos = 0  # bytes of the stream consumed
         self._out = 0  # bytes of member data produced
         self._streamed: List[Streamed] = []
 
-    def _more(self) -> bool:
-        for chunk in self._chunks:
-            if chunk:
-                self._view = memoryview(chunk)
-                return True
-        return False
-
     def _take(self, n: int, where: str, member: Optional[str] = None) -> bytes:
         """Exactly ``n`` bytes (``n`` is bounded by the caller), or a truncation error."""
-        parts = []
-        got = 0
-        while got < n:
-            if not self._view and not self._more():
-                raise self._truncated(where, member)
-            piece = self._view[: n - got]
-            self._view = self._view[len(piece) :]
-            parts.append(piece.tobytes())
-            got += len(piece)
+        data = self._in.take(n)
+        if len(data) < n:
+            raise self._truncated(where, member)
         self._pos += n
-        return b"".join(parts)
+        return data
 
     def _error(self, what: str, member: Optional[str], advice: str) -> ArchiveError:
         about = f" (member {member!r})" if member is not None else ""
@@ -222,10 +208,9 @@ class ZipReader:
         if streamed.method == STORED:
             left = csize if known else 0  # (unknown: read as empty, checked by the descriptor)
             while left:
-                if not self._view and not self._more():
+                piece = self._in.piece(left)
+                if not piece:
                     raise self._truncated("inside a member's data", name)
-                piece = self._view[:left]
-                self._view = self._view[len(piece) :]
                 self._pos += len(piece)
                 left -= len(piece)
                 crc = crc32(piece, crc)
@@ -254,11 +239,11 @@ class ZipReader:
         while not d.eof:
             data: Any = d.unconsumed_tail
             if not data and (csize is None or fed < csize):
-                if not self._view and not self._more():
+                if not self._in.view and not self._in.more():
                     raise self._truncated("inside a member's compressed data", name)
-                source = self._view
+                source = self._in.view
                 taken = len(source) if csize is None else min(len(source), csize - fed)
-                data, self._view = source[:taken], source[taken:]
+                data, self._in.view = source[:taken], source[taken:]
                 fed += taken
                 silent += taken
             try:
@@ -281,7 +266,7 @@ class ZipReader:
                                     "holds nothing")  # fmt: skip
         unused = len(d.unused_data)
         fed -= unused
-        self._view = source[taken - unused :]  # the bytes after the stream, from the view they came in
+        self._in.view = source[taken - unused :]  # the bytes after the stream, from the view they came in
         self._pos += fed
         if csize is not None and fed != csize:
             raise self._refused(name, "has a deflate stream shorter than its header's compressed size", _DAMAGED)
@@ -424,15 +409,15 @@ class ZipReader:
     def _trailer(self) -> None:
         """Whatever follows the end record: zero padding, at most MAX_TRAILER bytes."""
         seen = 0
-        view, self._view = self._view, memoryview(b"")
+        view, self._in.view = self._in.view, memoryview(b"")
         while True:
             seen += len(view)
             if view.tobytes().strip(b"\0") or seen > MAX_TRAILER:
                 raise self._refused(None, f"goes on after its end record (with more than {MAX_TRAILER >> 10} KiB "
                                     "of zero padding): other zip tools may read other files from it")  # fmt: skip
-            if not self._more():
+            if not self._in.more():
                 return
-            view, self._view = self._view, memoryview(b"")
+            view, self._in.view = self._in.view, memoryview(b"")
 
 
 def _decode(raw: bytes) -> str:
