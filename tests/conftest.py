@@ -32,6 +32,16 @@ def hub() -> Iterator[FakeHub]:
 
 
 @pytest.fixture
+def box(tmp_path):
+    """An archive's destination inside a parent directory we can inspect for escapes."""
+    dest = tmp_path / "box" / "dest"
+    dest.mkdir(parents=True)
+    yield dest
+    assert sorted(p.name for p in (tmp_path / "box").iterdir()) == ["dest"], "written beside dest"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["box"], "written outside the box"
+
+
+@pytest.fixture
 def cache_dir(tmp_path) -> str:
     return str(tmp_path / "cache")
 
