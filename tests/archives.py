@@ -387,3 +387,24 @@ def escapes(outer, box, dest):
                 found.append(path)
         dirs[:] = [d for d in dirs if os.path.join(dirpath, d) != dest]
     return found
+
+
+def fuzz_one(case, chunks, outer, box, bound, limits):
+    """Extract one fuzz case into a fresh directory in ``box``; what went wrong
+    (a hang, an error other than ArchiveError, a write outside it), as lines."""
+    import shutil
+
+    dest = os.path.join(box, f"dest{case}")
+    os.mkdir(dest)
+    failures = []
+    error = fuzz_case(chunks, dest, bound, limits)
+    if error is not None:
+        failures.append(f"case {case}: {type(error).__name__}: {error}"[:300])
+    found = escapes(outer, box, dest)
+    if found:
+        failures.append(f"case {case}: wrote outside its destination: {found[:3]}")
+        for path in found:
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) and not os.path.islink(path) \
+                else os.unlink(path)
+    shutil.rmtree(dest)
+    return failures
