@@ -57,17 +57,23 @@ def remote_entry(
         produce = functools.partial(_fetch_directory, how, shown, settings)
     if linked is not None:  # the same model version under another name: its files, no download
         produce = functools.partial(_linked_or, linked, None if settings.offline else produce, shown)
+    made: Dict[str, Any] = {}  # what this call produced, if it did (not when another process had)
+
+    def producing(dest: str) -> Dict[str, Any]:
+        made.update(produce(dest))
+        return made
+
     path = cache.fetch(
         key,
         shown,
-        produce,
+        producing,
         require_saved_model=require,
         lock_timeout=settings.lock_timeout,
         sha256=sha256,
         cancellation=settings.cancellation,
     )
-    model = model or (cache.read_metadata(key) or {}).get("kaggle_model")  # a tfhub.dev chain named it
-    if isinstance(model, str):
+    model = model or made.get("kaggle_model")  # a tfhub.dev chain named it
+    if made and isinstance(model, str):
         aliases.share(cache, key, shown, model)
     return path
 
