@@ -330,10 +330,9 @@ def entry_metadata(raw: str, settings: Settings) -> Optional[Dict[str, Any]]:
     download, or cached by tensorflow_hub)."""
     handle = _handles.parse(raw)
     if handle.is_latest:
-        from .latest import read_record
+        from .latest import recorded
 
-        record = read_record((settings.cache_dir, *settings.readonly_dirs), handle)
-        handle = handle.at_version(record["version"]) if record else handle
+        handle = recorded((settings.cache_dir, *settings.readonly_dirs), handle) or handle
     if not handle.cache_key:
         return None
     return layout.read_metadata(os.path.join(settings.cache_dir, handle.cache_key))

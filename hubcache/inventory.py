@@ -257,12 +257,12 @@ def find(cache: Cache, handle: str, readonly: bool = False) -> Optional[Entry]:
         )
     latest_of = []
     if parsed.is_latest:  # the entry of the version it last resolved to
-        from .latest import read_record
+        from .latest import recorded
 
-        record = read_record((cache.root,), parsed)
-        if record is None:
+        version = recorded((cache.root,), parsed)
+        if version is None:
             return None
-        parsed, latest_of = parsed.at_version(record["version"]), [redact(handle)]
+        parsed, latest_of = version, [redact(handle)]
     key = parsed.cache_key
     directory = cache.entry_dir(key)
     if not (os.path.lexists(directory) or os.path.exists(directory + METADATA_SUFFIX)):

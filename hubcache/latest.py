@@ -51,6 +51,13 @@ def read_record(roots: Iterable[str], handle: Handle) -> Optional[Dict[str, Any]
     return None
 
 
+def recorded(roots: Iterable[str], handle: Handle) -> Optional[Handle]:
+    """The versioned handle ``handle`` last resolved to, as recorded in the
+    first of the caches ``roots`` that has a usable record, or None."""
+    record = read_record(roots, handle)
+    return handle.at_version(record["version"]) if record is not None else None
+
+
 def usable(record: Dict[str, Any]) -> bool:
     """Whether a "latest" record has what resolving needs."""
     return _version(record.get("version")) is not None and isinstance(record.get("checked"), float)
