@@ -56,6 +56,11 @@ DEFAULT_REMOTE_TIMEOUT = 5.0  # seconds
 # means a slow upstream, where more downloads would not help: 10 minutes is a
 # 10 GiB model at 17 MiB/s.
 DEFAULT_REMOTE_WAIT = 600.0  # seconds
+# How long a lease on a handle lasts unless its holder renews it (every third of
+# this, while it downloads). A holder killed mid-download (kill -9, a preempted
+# VM) keeps the others waiting this long at most; short enough for a cold start,
+# long enough that a busy holder's renewals are not late.
+DEFAULT_REMOTE_LEASE = 60.0  # seconds
 REMOTE_MODES = ("rw", "ro")
 
 LOAD_FORMATS = ("COMPRESSED", "UNCOMPRESSED", "AUTO")
@@ -109,6 +114,8 @@ class Settings:
     remote_timeout: float = DEFAULT_REMOTE_TIMEOUT
     #: Seconds to wait for another node's lease on a handle before going upstream (0: no wait).
     remote_wait: float = DEFAULT_REMOTE_WAIT
+    #: Seconds a lease lasts unless renewed; a dead holder is taken over after this.
+    remote_lease: float = DEFAULT_REMOTE_LEASE
     #: Not from the environment: told of every download's progress as
     #: (bytes received, bytes announced), e.g. for an aggregate progress bar.
     progress_hook: Optional[Callable[[int, int], None]] = field(default=None, compare=False, repr=False)
@@ -183,6 +190,7 @@ def load_settings(
         remote_mode=_remote_mode(env),
         remote_timeout=_positive_float(env, "HUBCACHE_REMOTE_TIMEOUT", DEFAULT_REMOTE_TIMEOUT),
         remote_wait=_number(env, "HUBCACHE_REMOTE_WAIT", DEFAULT_REMOTE_WAIT),
+        remote_lease=_positive_float(env, "HUBCACHE_REMOTE_LEASE", DEFAULT_REMOTE_LEASE),
         credentials_environ=tuple((name, env[name]) for name in CREDENTIAL_VARIABLES if name in env),
     )
 
@@ -214,6 +222,7 @@ SETTING_VARIABLES = (
     ("remote_mode", ("HUBCACHE_REMOTE_MODE",)),
     ("remote_timeout", ("HUBCACHE_REMOTE_TIMEOUT",)),
     ("remote_wait", ("HUBCACHE_REMOTE_WAIT",)),
+    ("remote_lease", ("HUBCACHE_REMOTE_LEASE",)),
 )
 
 
