@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import uuid
 from typing import Dict, Iterator
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from helpers import s3  # noqa: E402
 from hubserver import FakeHub  # noqa: E402
 
 # Variables that would change hubcache's behaviour if the developer's shell set them.
@@ -101,3 +104,56 @@ def saved_model_dir(tmp_path_factory, tf) -> str:
 
     tf.saved_model.save(Affine(), path)
     return path
+
+
+# -- the shared tier: a real S3 server (moto's server mode) on 127.0.0.1 ---------
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """moto's S3 server, with dummy AWS credentials and nothing read from ~/.aws."""
+    from moto.server import ThreadedMotoServer
+
+    home = tmp_path_factory.mktemp("aws")
+    (home / "config").write_text("")
+    (home / "credentials").write_text("")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith("AWS_") or name.lower() in ("http_proxy", "https_proxy", "all_proxy"):
+                mp.delenv(name)
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("AWS_CONFIG_FILE", str(home / "config"))
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "credentials"))
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        mp.setenv("NO_PROXY", "*")
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        # moto checks a PUT's If-None-Match / If-Match, then stores, with no lock between:
+        # two racing creates could both pass. AWS S3 and MinIO decide atomically; so does this.
+        import threading
+
+        from moto.s3.responses import S3Response
+
+        put, lock = S3Response.put_object, threading.Lock()
+
+        def atomic_put(self):
+            with lock:
+                return put(self)
+
+        mp.setattr(S3Response, "put_object", atomic_put)
+        service = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        service.start()
+        host, port = service.get_host_and_port()
+        try:
+            yield f"http://{host}:{port}"
+        finally:
+            service.stop()
+
+
+@pytest.fixture
+def bucket(server):
+    """A fresh bucket; returns its name."""
+    name = f"hubcache-{uuid.uuid4().hex[:12]}"
+    s3(server).create_bucket(Bucket=name)
+    return name

@@ -75,3 +75,10 @@ def leftovers(cache_dir: str):
     if not os.path.isdir(cache_dir):
         return []
     return [n for n in os.listdir(cache_dir) if ".hubcache-tmp." in n or ".hubcache-trash." in n]
+
+
+def s3(endpoint):
+    """A plain boto3 client, to set the stage and look behind hubcache's back."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint)

@@ -12,12 +12,11 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
 try:
-    import boto3
+    import boto3  # noqa: F401
     import moto.server  # noqa: F401
 except ImportError:
     if os.environ.get("CI"):  # on CI, a missing test dependency is a failure
@@ -32,65 +31,10 @@ from hubcache.remote import MAX_RECORD_BYTES, open_remote  # noqa: E402
 from hubcache.remote.s3 import S3Remote  # noqa: E402
 from hubcache.remote.s3blobs import CHUNK, PART_SIZE  # noqa: E402
 
-from helpers import REPO, child_env  # noqa: E402
+from helpers import REPO, child_env, s3  # noqa: E402
 
 KEY = hashlib.sha1(b"https://tfhub.dev/google/nnlm-en-dim128/2").hexdigest()
 PREFIX = "team/models"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """moto's S3 server, with dummy AWS credentials and nothing read from ~/.aws."""
-    from moto.server import ThreadedMotoServer
-
-    home = tmp_path_factory.mktemp("aws")
-    (home / "config").write_text("")
-    (home / "credentials").write_text("")
-    with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):
-            if name.startswith("AWS_") or name.lower() in ("http_proxy", "https_proxy", "all_proxy"):
-                mp.delenv(name)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("AWS_CONFIG_FILE", str(home / "config"))
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "credentials"))
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        mp.setenv("NO_PROXY", "*")
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        # moto checks a PUT's If-None-Match / If-Match, then stores, with no lock between:
-        # two racing creates could both pass. AWS S3 and MinIO decide atomically; so does this.
-        import threading
-
-        from moto.s3.responses import S3Response
-
-        put, lock = S3Response.put_object, threading.Lock()
-
-        def atomic_put(self):
-            with lock:
-                return put(self)
-
-        mp.setattr(S3Response, "put_object", atomic_put)
-        service = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        service.start()
-        host, port = service.get_host_and_port()
-        try:
-            yield f"http://{host}:{port}"
-        finally:
-            service.stop()
-
-
-@pytest.fixture
-def bucket(server):
-    """A fresh bucket; returns its name."""
-    name = f"hubcache-{uuid.uuid4().hex[:12]}"
-    s3(server).create_bucket(Bucket=name)
-    return name
-
-
-def s3(endpoint):
-    """A plain boto3 client, to set the stage and look behind hubcache's back."""
-    return boto3.client("s3", endpoint_url=endpoint)
 
 
 def remote(endpoint, bucket, **kwargs):
