@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Union
 
 from . import handles as _handles
 from .errors import HubcacheError
@@ -17,8 +17,10 @@ from .errors import HubcacheError
 log = logging.getLogger("hubcache")
 
 if TYPE_CHECKING:
+    from .cache import Cache
     from .config import Settings
     from .resolvers import ArchivePlan, DirectoryPlan, LocationPlan
+    from .tier import SharedFetch
 
 
 def remote_entry(
@@ -51,8 +53,13 @@ def remote_entry(
     if settings.offline and linked is None:
         other_archive = bool(sha256) and cache.lookup(key, require_saved_model=require).valid
         raise _offline_error(cache.entry_dir(key), shown, settings, status.problem, other_archive)
+    shared = None
     if isinstance(how, ArchivePlan):
-        produce = functools.partial(_download, how, shown, settings)
+        upstream = functools.partial(_download, how, shown, settings)
+        produce = functools.partial(upstream, tee=None)
+        shared = _shared_fetch(cache, key, shown, settings, sha256)
+        if shared is not None:
+            produce = functools.partial(shared.produce, upstream)
     else:
         produce = functools.partial(_fetch_directory, how, shown, settings)
     if linked is not None:  # the same model version under another name: its files, no download
@@ -63,19 +70,41 @@ def remote_entry(
         made.update(produce(dest))
         return made
 
-    path = cache.fetch(
-        key,
-        shown,
-        producing,
-        require_saved_model=require,
-        lock_timeout=settings.lock_timeout,
-        sha256=sha256,
-        cancellation=settings.cancellation,
-    )
+    path = None
+    try:
+        path = cache.fetch(
+            key,
+            shown,
+            producing,
+            require_saved_model=require,
+            lock_timeout=settings.lock_timeout,
+            sha256=sha256,
+            cancellation=settings.cancellation,
+        )
+    finally:
+        if shared is not None:
+            shared.finish(published=path is not None)
     model = model or made.get("kaggle_model")  # a tfhub.dev chain named it
     if made and isinstance(model, str):
         aliases.share(cache, key, shown, model)
     return path
+
+
+def _shared_fetch(
+    cache: "Cache", key: str, shown: str, settings: "Settings", sha256: "Optional[str]"
+) -> "Optional[SharedFetch]":
+    """This miss's use of the shared tier (HUBCACHE_REMOTE), if one is configured and usable."""
+    if settings.remote is None or settings.offline:
+        return None  # no import, no socket
+    from .cache import owner_suffix
+    from .layout import TMP_INFIX
+    from .tier import SharedFetch, opened
+
+    remote = opened(settings)
+    if remote is None:
+        return None
+    spool = cache.entry_dir(key) + TMP_INFIX + owner_suffix()  # a leftover of a killed process is removed
+    return SharedFetch(remote, key, shown, settings, sha256, spool)
 
 
 def _linked_or(
@@ -137,8 +166,11 @@ def _fetch_directory(how: "DirectoryPlan", handle: str, settings: "Settings", de
     return fetch_directory(how, dest, handle=handle, settings=settings)
 
 
-def _download(how: ArchivePlan, handle: str, settings: Settings, dest: str) -> Dict[str, Any]:
-    """Stream the archive into ``dest``; return what the cache records about it."""
+def _download(
+    how: "ArchivePlan", handle: str, settings: "Settings", dest: str, tee: "Optional[Callable[[bytes], None]]"
+) -> "Dict[str, Any]":
+    """Stream the archive into ``dest`` (and each chunk to ``tee``, for the shared
+    tier); return what the cache records about it."""
     import dataclasses
     import logging
 
@@ -156,7 +188,8 @@ def _download(how: ArchivePlan, handle: str, settings: Settings, dest: str) -> D
     try:
         with open_archive(how, handle=handle, settings=settings) as body:
             started = time.monotonic()
-            extracted = extract(body.chunks(), dest, handle=handle, limits=settings.limits(), abort=cancellation.cancel)
+            chunks = body.chunks() if tee is None else _teed(body.chunks(), tee)
+            extracted = extract(chunks, dest, handle=handle, limits=settings.limits(), abort=cancellation.cancel)
             seconds = max(time.monotonic() - started, 1e-6)
             mib = body.bytes_read / (1 << 20)
             logging.getLogger("hubcache").info(
@@ -176,6 +209,12 @@ def _download(how: ArchivePlan, handle: str, settings: Settings, dest: str) -> D
             }
     finally:
         cancellation.close()
+
+
+def _teed(chunks: "Iterator[bytes]", tee: "Callable[[bytes], None]") -> "Iterator[bytes]":
+    for chunk in chunks:
+        tee(chunk)
+        yield chunk
 
 
 def fetch_location(plan: "LocationPlan", *, handle: str, settings: "Settings") -> str:

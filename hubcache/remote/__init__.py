@@ -61,6 +61,8 @@ class Remote(Protocol):
 
     #: True in read-only mode (``HUBCACHE_REMOTE_MODE=ro``).
     read_only: bool
+    #: Where the store is, for messages (no secret in it).
+    url: str
 
     def get_index(self, key: str) -> Optional[Dict[str, Any]]:
         """The handle's index record (checked by :func:`check_index`), or None when

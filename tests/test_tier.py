@@ -1,0 +1,198 @@
+"""The shared tier on the fetch path (hubcache.tier): real hubcache processes, each
+with its own cache, against the loopback hub as upstream and moto's S3 server as
+the tier. Nothing is mocked; troubled stores are the TCP stand-ins of s3proxy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+try:
+    import boto3  # noqa: F401
+    import moto.server  # noqa: F401
+except ImportError:
+    if os.environ.get("CI"):  # on CI, a missing test dependency is a failure
+        raise
+    pytest.skip("needs boto3 and moto[server]: pip install -e '.[test]'", allow_module_level=True)
+
+from archives import fake_saved_model, read_tree  # noqa: E402
+from helpers import child_env, result_of, run_cli, s3, spawn_resolver  # noqa: E402
+from s3proxy import Silent, closed_port  # noqa: E402
+
+HANDLE_PATH = "google/tiny/1"
+PREFIX = "team/models"
+
+
+@pytest.fixture
+def tier(env, server, bucket):
+    """``env`` with the tier on: returns the variables, for children too."""
+    values = dict(env)
+    values.update(
+        HUBCACHE_REMOTE=f"s3://{bucket}/{PREFIX}",
+        HUBCACHE_REMOTE_ENDPOINT=server,
+        HUBCACHE_REMOTE_TIMEOUT="3",
+    )
+    return values
+
+
+def handle(hub) -> str:
+    return f"{hub.tfhub.url}/{HANDLE_PATH}"
+
+
+def key(hub) -> str:
+    return hashlib.sha1(handle(hub).encode()).hexdigest()
+
+
+def objects(server, bucket):
+    """{key under the prefix: bytes} of the bucket."""
+    client = s3(server)
+    names = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    return {n[len(PREFIX) + 1 :]: client.get_object(Bucket=bucket, Key=n)["Body"].read() for n in names}
+
+
+def node(env, cache, **extra):
+    """The environment of one machine: its own cache."""
+    return {**env, "TFHUB_CACHE_DIR": str(cache), **extra}
+
+
+def resolve(hub, env, timeout=120):
+    return result_of(spawn_resolver(handle(hub), env), timeout)
+
+
+def test_a_cold_cluster_downloads_once(hub, tier, server, bucket, tmp_path):
+    """8 machines race on one cold handle: upstream serves one body, the tier the rest."""
+    archive = fake_saved_model(size=3 << 20)
+    blob = hub.publish_tfhub(HANDLE_PATH, archive)
+    gate = str(tmp_path / "gate")
+    nodes = [spawn_resolver(handle(hub), node(tier, tmp_path / f"node{i}"), gate) for i in range(8)]
+    deadline = time.monotonic() + 60
+    while sum(n.startswith("gate.ready.") for n in os.listdir(tmp_path)) < len(nodes):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in nodes), [p.communicate() for p in nodes]
+        time.sleep(0.01)
+    open(gate, "w").close()
+    results = [result_of(p) for p in nodes]
+    assert all(r["ok"] for r in results), results
+    hub.storage.wait_idle()
+    assert hub.storage.completed(blob) == 1
+    trees = [read_tree(r["path"]) for r in results]
+    assert all(t == trees[0] for t in trees) and trees[0]
+    sha = hashlib.sha256(archive).hexdigest()
+    stored = objects(server, bucket)
+    assert stored[f"v1/blobs/sha256/{sha}"] == archive
+    record = json.loads(stored[f"v1/index/{key(hub)}.json"])
+    assert (record["sha256"], record["size"]) == (sha, len(archive))
+    assert not [n for n in stored if n.startswith("v1/leases/")], "a lease was left behind"
+    for i in range(8):
+        left = [n for n in os.listdir(tmp_path / f"node{i}") if ".hubcache-tmp." in n]
+        assert not left, left
+
+
+def test_a_local_hit_makes_no_remote_call(hub, tier, tmp_path):
+    hub.publish_tfhub(HANDLE_PATH, fake_saved_model())
+    cache = tmp_path / "node"
+    assert resolve(hub, node(tier, cache))["ok"]
+    # The same cache with the tier pointing at a port nobody listens on: a hit never asks it.
+    code = "import sys, hubcache; hubcache.resolve(sys.argv[1]); print('boto3' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code, handle(hub)],
+        env=child_env(node(tier, cache, HUBCACHE_REMOTE_ENDPOINT=closed_port())),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False" and "shared tier" not in out.stderr
+
+
+@pytest.mark.parametrize("bad", ["garbage", "another archive"])
+def test_a_bad_blob_is_not_used_and_is_repaired(hub, tier, server, bucket, tmp_path, bad):
+    archive = fake_saved_model(seed=1, compression="")  # plain tar: another model has the same size
+    blob = hub.publish_tfhub(HANDLE_PATH, archive)
+    assert resolve(hub, node(tier, tmp_path / "seeder"))["ok"]
+    sha = hashlib.sha256(archive).hexdigest()
+    wrong = os.urandom(len(archive)) if bad == "garbage" else fake_saved_model(seed=2, compression="")
+    assert len(wrong) == len(archive)  # so that only the hash tells them apart
+    s3(server).put_object(Bucket=bucket, Key=f"{PREFIX}/v1/blobs/sha256/{sha}", Body=wrong)
+    result = resolve(hub, node(tier, tmp_path / "victim"))
+    assert result["ok"], result
+    assert read_tree(result["path"]) == read_tree(resolve(hub, node(tier, tmp_path / "seeder"))["path"])
+    hub.storage.wait_idle()
+    assert hub.storage.completed(blob) == 2, "the bad blob was used instead of going upstream"
+    assert objects(server, bucket)[f"v1/blobs/sha256/{sha}"] == archive, "not repaired"
+    assert resolve(hub, node(tier, tmp_path / "third"))["ok"]
+    hub.storage.wait_idle()
+    assert hub.storage.completed(blob) == 2
+
+
+def test_a_pin_that_disagrees_with_the_index_is_an_integrity_error(hub, tier, tmp_path):
+    archive = fake_saved_model(seed=3)
+    hub.publish_tfhub(HANDLE_PATH, archive)
+    assert resolve(hub, node(tier, tmp_path / "seeder"))["ok"]
+    wrong_pin = "ab" * 32
+    r = run_cli("resolve", handle(hub), "--sha256", wrong_pin, env=node(tier, tmp_path / "pinned"))
+    assert r.returncode != 0
+    assert "IntegrityError" in r.stderr or "SHA-256" in r.stderr, r.stderr
+    assert hashlib.sha256(archive).hexdigest() in r.stderr
+
+
+@pytest.mark.parametrize("store", ["closed port", "silent"])
+def test_an_unusable_tier_falls_back_to_upstream_within_the_timeout(hub, env, tmp_path, store):
+    hub.publish_tfhub(HANDLE_PATH, fake_saved_model())
+    if store == "closed port":
+        endpoint, stand_in = closed_port(), None
+    else:
+        stand_in = Silent()
+        endpoint = stand_in.endpoint
+    try:
+        started = time.monotonic()
+        proc = spawn_resolver(
+            handle(hub),
+            node(
+                env,
+                tmp_path / "node",
+                HUBCACHE_REMOTE="s3://bucket/prefix",
+                HUBCACHE_REMOTE_ENDPOINT=endpoint,
+                HUBCACHE_REMOTE_TIMEOUT="1",
+                AWS_ACCESS_KEY_ID="testing",
+                AWS_SECRET_ACCESS_KEY="testing",
+                AWS_DEFAULT_REGION="us-east-1",
+            ),
+        )
+        out, err = proc.communicate(timeout=60)
+        seconds = time.monotonic() - started
+    finally:
+        if stand_in is not None:
+            stand_in.close()
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["ok"], (result, err)
+    assert seconds < 15, seconds  # one 1 s timeout (the SDK may connect twice), plus start-up
+    assert err.count("cannot be used") == 1, err  # one warning, then upstream
+
+
+def test_offline_opens_no_socket(hub, tier, tmp_path):
+    hub.publish_tfhub(HANDLE_PATH, fake_saved_model())
+    code = (
+        "import socket, sys\n"
+        "def refuse(*a, **k): raise AssertionError('a socket was opened')\n"
+        "socket.socket.connect = refuse\n"
+        "socket.create_connection = refuse\n"
+        "import hubcache\n"
+        "try:\n"
+        "    hubcache.resolve(sys.argv[1])\n"
+        "except hubcache.OfflineError as e:\n"
+        "    print('offline', 'boto3' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, handle(hub)],
+        env=child_env(node(tier, tmp_path / "node", HUBCACHE_OFFLINE="1")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.stdout.strip() == "offline False", out.stderr
