@@ -13,7 +13,11 @@ Three real HTTP servers, each in a thread of the test process:
 
 Every request is logged (``server.log``, ``server.count(path)``), and faults can
 be armed per path: an error status (with Retry-After), a connection cut after N
-bytes, a stall, throttling, a wrong Content-Length, Range ignored.
+bytes, a stall, throttling, a wrong Content-Length, Range ignored. Blob bodies are
+counted as sent (``server.completed(path)``: bodies that reached the blob's last
+byte; ``server.sent_bytes(path)``), apart from requests. A :class:`Pipe` (``server.pipe``,
+or :meth:`FakeHub.share_pipe` for all four servers) caps the bytes per second that
+all bodies together get, as one shared link upstream would.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 from urllib.parse import parse_qsl, urlsplit
 
 
@@ -69,6 +73,34 @@ class Fault:
 Route = Callable[[Request], Reply]
 
 
+class Pipe:
+    """One throttled link shared by every body sent through it: at most
+    ``bytes_per_second`` in total, however many connections there are (unlike
+    ``Fault.bytes_per_second``, which throttles each body on its own).
+
+    Each piece reserves the next free slot of the link and waits for it: a token
+    bucket that holds no more than the piece at hand, so an idle link saves up no
+    burst, and concurrent bodies, asking piece by piece, share the rate evenly."""
+
+    def __init__(self, bytes_per_second: float) -> None:
+        if bytes_per_second <= 0:
+            raise ValueError(f"a pipe needs a positive rate, not {bytes_per_second}")
+        self.bytes_per_second = bytes_per_second
+        self.sent = 0  # bytes let through, all bodies together
+        self._free_at = 0.0  # time.monotonic() at which the link is next idle
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        """Return once ``n`` more bytes may go out."""
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._free_at)
+            self._free_at = start + n / self.bytes_per_second
+            self.sent += n
+        if start > now:
+            time.sleep(start - now)
+
+
 class HubServer:
     """One loopback HTTP server with exact-path routes."""
 
@@ -79,6 +111,9 @@ class HubServer:
         self.log: List[Request] = []
         self.in_flight = 0  # blob bodies being sent now...
         self.max_in_flight = 0  # ...and the most at once
+        self.pipe: Optional[Pipe] = None  # every body of this server goes through it
+        self._completed: Dict[str, int] = {}  # path -> blob bodies sent through the last byte
+        self._sent_bytes: Dict[str, int] = {}  # path -> blob body bytes written, cut bodies too
         self._lower = lower_case_paths
         self._lock = threading.Lock()
         self._httpd = _QuietServer((host, 0), _Handler)
@@ -112,6 +147,28 @@ class HubServer:
     def count(self, path: Optional[str] = None) -> int:
         with self._lock:
             return sum(1 for r in self.log if path is None or r.path == path)
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until no blob body is being sent. A client may have the last byte
+        (or see the cut) a moment before the server counts the body; once idle,
+        :meth:`completed` and :meth:`sent_bytes` include every body sent."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: {self.in_flight} bodies still being sent after {timeout} s")
+            time.sleep(0.005)
+
+    def completed(self, path: str) -> int:
+        """Blob bodies of ``path`` written through the blob's last byte: a whole 200,
+        or a 206 that finished a resumed download. Requests that got an error, a
+        HEAD, or a body cut short do not count. Final once :meth:`wait_idle` returns."""
+        with self._lock:
+            return self._completed.get(path, 0)
+
+    def sent_bytes(self, path: str) -> int:
+        """Body bytes of blob ``path`` written, all requests together (cut ones too)."""
+        with self._lock:
+            return self._sent_bytes.get(path, 0)
 
     def requests_to(self, path: str) -> List[Request]:
         with self._lock:
@@ -201,6 +258,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(reply.body)))
         self.end_headers()
         if not head:
+            pipe: Optional[Pipe] = self.server.hub.pipe  # type: ignore[attr-defined]
+            if pipe is not None and reply.body:
+                pipe.take(len(reply.body))
             self.wfile.write(reply.body)
 
     def _send_blob(self, reply: Reply, req: Request, fault: Optional[Fault], head: bool) -> None:
@@ -238,13 +298,20 @@ class _Handler(BaseHTTPRequestHandler):
         with hub._lock:
             hub.in_flight += 1
             hub.max_in_flight = max(hub.max_in_flight, hub.in_flight)
+        sent, whole = 0, False
         try:
-            self._write_body(body, fault)
+            sent, whole = self._write_body(body, fault)
         finally:
-            with hub._lock:
+            with hub._lock:  # counted as the body stops being in flight: see wait_idle
                 hub.in_flight -= 1
+                hub._sent_bytes[req.path] = hub._sent_bytes.get(req.path, 0) + sent
+                if whole and end == total:
+                    hub._completed[req.path] = hub._completed.get(req.path, 0) + 1
 
-    def _write_body(self, body: bytes, fault: Optional[Fault]) -> None:
+    def _write_body(self, body: bytes, fault: Optional[Fault]) -> Tuple[int, bool]:
+        """Write ``body`` as the fault allows; returns the bytes written, and whether
+        the body went out whole (every byte, flushed, the connection not cut)."""
+        pipe: Optional[Pipe] = self.server.hub.pipe  # type: ignore[attr-defined]
         step = 64 * 1024
         sent = 0
         began = time.monotonic()
@@ -260,6 +327,8 @@ class _Handler(BaseHTTPRequestHandler):
                     if ahead > 0:
                         time.sleep(ahead)
                 piece = body[sent : min(limit, sent + step)]
+                if pipe is not None:
+                    pipe.take(len(piece))
                 self.wfile.write(piece)
                 sent += len(piece)
             self.wfile.flush()
@@ -267,10 +336,14 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(fault.stall_seconds)
             if fault and (fault.cut_after is not None or fault.stall_after is not None) and sent < len(body):
                 self._cut()
+                return sent, False
             elif fault and fault.content_length is not None:
                 self._cut()  # after a false Content-Length, hang up as such servers do
+                return sent, False
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+            return sent, False
+        return sent, sent == len(body)
 
     def _cut(self) -> None:
         """Drop the connection abruptly, mid-body."""
@@ -314,6 +387,14 @@ class FakeHub:
             "HUBCACHE_GCS_ENDPOINT": self.storage.url,
             "HUBCACHE_CN_MIRROR_ENDPOINT": self.storage.url,
         }
+
+    def share_pipe(self, bytes_per_second: float) -> Pipe:
+        """Put all four servers behind one :class:`Pipe`: the whole upstream's
+        bandwidth, shared by every connection. Returns it (``.sent``: bytes through)."""
+        pipe = Pipe(bytes_per_second)
+        for s in self.servers:
+            s.pipe = pipe
+        return pipe
 
     def total_requests(self) -> int:
         return sum(s.count() for s in self.servers)

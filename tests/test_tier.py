@@ -21,9 +21,10 @@ except ImportError:
         raise
     pytest.skip("needs boto3 and moto[server]: pip install -e '.[test]'", allow_module_level=True)
 
+from s3proxy import Silent, closed_port  # noqa: E402
+
 from archives import fake_saved_model, read_tree  # noqa: E402
 from helpers import child_env, result_of, run_cli, s3, spawn_resolver  # noqa: E402
-from s3proxy import Silent, closed_port  # noqa: E402
 
 HANDLE_PATH = "google/tiny/1"
 PREFIX = "team/models"
@@ -196,3 +197,70 @@ def test_offline_opens_no_socket(hub, tier, tmp_path):
         timeout=60,
     )
     assert out.stdout.strip() == "offline False", out.stderr
+
+
+def test_a_node_killed_holding_the_lease_is_taken_over(hub, tier, server, bucket, tmp_path):
+    archive = fake_saved_model(size=1 << 20)
+    blob = hub.publish_tfhub(HANDLE_PATH, archive)
+    hub.storage.fault(blob, bytes_per_second=100_000, times=1)  # the first node is slow: killed mid-way
+    short = {"HUBCACHE_REMOTE_LEASE": "2"}
+    first = spawn_resolver(handle(hub), node(tier, tmp_path / "first", **short))
+    lease = f"{PREFIX}/v1/leases/{key(hub)}.json"
+    deadline = time.monotonic() + 60
+    while not (
+        hub.storage.in_flight
+        and lease in [o["Key"] for o in s3(server).list_objects_v2(Bucket=bucket).get("Contents", [])]
+    ):
+        assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+        time.sleep(0.02)
+    first.kill()  # kill -9, holding the lease
+    first.wait()
+    started = time.monotonic()
+    result = resolve(hub, node(tier, tmp_path / "second", **short))
+    waited = time.monotonic() - started
+    assert result["ok"], result
+    hub.storage.wait_idle()
+    assert hub.storage.completed(blob) == 1  # the killed node's body was cut short
+    assert waited > 0.5, "the lease of a killed node should be waited out, not ignored"
+    assert objects(server, bucket)[f"v1/blobs/sha256/{hashlib.sha256(archive).hexdigest()}"] == archive
+
+
+def test_a_read_only_node_never_writes(hub, tier, server, bucket, tmp_path):
+    archive = fake_saved_model()
+    blob = hub.publish_tfhub(HANDLE_PATH, archive)
+    reader = {"HUBCACHE_REMOTE_MODE": "ro"}
+    assert resolve(hub, node(tier, tmp_path / "reader1", **reader))["ok"]
+    assert objects(server, bucket) == {}, "a read-only node wrote to the tier"
+    assert resolve(hub, node(tier, tmp_path / "writer"))["ok"]
+    before = objects(server, bucket)
+    result = resolve(hub, node(tier, tmp_path / "reader2", **reader))
+    assert result["ok"]
+    assert objects(server, bucket) == before
+    hub.storage.wait_idle()
+    assert hub.storage.completed(blob) == 2, "the read-only node should have read the tier"
+
+
+@pytest.mark.parametrize("target", ["s3", "directory"])
+def test_prefetch_to_seeds_a_tier_that_serves_with_upstream_gone(hub, tier, server, bucket, tmp_path, target):
+    archive = fake_saved_model(seed=5)
+    sha = hashlib.sha256(archive).hexdigest()
+    hub.publish_tfhub(HANDLE_PATH, archive)
+    lock = tmp_path / "hubcache.lock"
+    lock.write_text(f"{handle(hub)} sha256={sha}\n")
+    seeder = node(tier, tmp_path / "seeder")
+    to = tier["HUBCACHE_REMOTE"] if target == "s3" else str(tmp_path / "carry")
+    r = run_cli("prefetch", "--to", to, "-f", str(lock), "--require-hashes", "--json", env=seeder)
+    assert r.returncode == 0, r.stderr
+    [line] = json.loads(r.stdout)
+    assert (line["ok"], line["sha256"], line["to"]) == (True, sha, to)
+    assert not os.path.exists(tmp_path / "seeder") or not os.listdir(tmp_path / "seeder"), "seeding filled the cache"
+    if target == "directory":  # carried, then `aws s3 sync DIR s3://bucket/prefix`
+        root = tmp_path / "carry"
+        files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+        assert files == [f"v1/blobs/sha256/{sha}", f"v1/index/{key(hub)}.json"]
+        for name in files:
+            s3(server).upload_file(str(root / name), bucket, f"{PREFIX}/{name}")
+    hub.stop()  # upstream gone: the tier alone
+    result = resolve(hub, node(tier, tmp_path / "node"))
+    assert result["ok"], result
+    assert read_tree(result["path"])

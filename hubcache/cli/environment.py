@@ -34,15 +34,36 @@ come from, never shown.
 
 --json prints {"versions": {...}, "settings": [...], "kaggle_credentials": {...}}:
   versions            {"hubcache", "python", "platform", and the versions of
-                      requests, urllib3, filelock, tqdm, tensorflow (null: not
-                      installed)}
+                      requests, urllib3, filelock, tqdm, tensorflow, keras,
+                      tf-keras, and the extras' boto3, isal, google-crc32c
+                      (null: not installed)}
   settings            one record per row: variable, setting (hubcache's name
                       for it), source (the FROM column), value (as used, or
                       null), text (as shown), error (the message, or null)
   kaggle_credentials  source (where they come from, or null), error (or null)"""
 
-_PACKAGES = ("requests", "urllib3", "filelock", "tqdm", "tensorflow")
-_SECONDS = {"timeout", "lock_timeout", "backoff", "min_rate_window", "latest_interval", "remote_timeout", "remote_wait"}
+_PACKAGES = (
+    "requests",
+    "urllib3",
+    "filelock",
+    "tqdm",
+    "tensorflow",
+    "keras",
+    "tf-keras",
+    "boto3",
+    "isal",
+    "google-crc32c",
+)
+_SECONDS = {
+    "timeout",
+    "lock_timeout",
+    "backoff",
+    "min_rate_window",
+    "latest_interval",
+    "remote_timeout",
+    "remote_wait",
+    "remote_lease",
+}
 
 
 def add_commands(command: Command) -> None:

@@ -60,6 +60,12 @@ def add_commands(command: Command) -> None:
         help="refuse handles without a SHA-256 (from -f or --sha256); a mismatch fails the handle",
     )
     p.add_argument("--bundle", metavar="FILE", help="when every handle succeeded, also export them to FILE")
+    p.add_argument(
+        "--to",
+        metavar="TARGET",
+        help="fill the shared tier TARGET (s3://bucket/prefix, or a directory in the same layout to carry "
+        "elsewhere) instead of the cache: each handle's archive and index record",
+    )
 
     p = command(
         "resolve",
@@ -157,6 +163,8 @@ def _prefetch(args: argparse.Namespace, settings: Settings) -> Result:
         output_file(args.lock, "--lock", "hubcache.lock")
     if args.bundle:
         output_file(args.bundle, "--bundle")
+    if args.to:
+        return _seed(args, pins, settings)
     hashes = {h: sha for h, sha in pins.items() if sha}
     bar = total_bar(settings, pins, sizes, args.jobs)
     if bar is not None:
@@ -186,6 +194,32 @@ def _prefetch(args: argparse.Namespace, settings: Settings) -> Result:
                 notes.append(f"{option} not written, since handles failed")
             else:
                 write(option, list(pins), settings, args.quiet)
+    return Result(ordered, None, EXIT_FAILED if failed else EXIT_OK, notes)
+
+
+def _seed(args: argparse.Namespace, pins: Dict[str, Optional[str]], settings: Settings) -> Result:
+    """``prefetch --to``: each handle into the shared tier, through a miss's own code."""
+    from ..seed import seed, target_settings
+
+    if args.lock or args.bundle:
+        raise UsageError("prefetch: --to fills a shared tier, not the cache: drop --lock and --bundle")
+    settings = target_settings(args.to, settings)
+    ordered = []
+    started = time.monotonic()
+    for handle, outcome in seed(pins, settings, args.jobs):
+        if isinstance(outcome, HubcacheError):
+            log.debug("%s failed", redact(handle), exc_info=outcome)
+            error(f"{redact(handle) or repr(handle)}: {outcome}")
+            ordered.append({**record(handle, outcome), "seconds": round(time.monotonic() - started, 3)})
+            continue
+        seconds = round(time.monotonic() - started, 3)
+        ordered.append(
+            {**record(handle, ""), "path": None, "seconds": seconds, "to": args.to, "sha256": outcome["sha256"]}
+        )
+        if not args.json:
+            say(f"{redact(handle)} -> {args.to} (sha256={outcome['sha256']}, {outcome['size']} bytes)")
+    failed = sum(not r["ok"] for r in ordered)
+    notes = [f"{failed} of {len(ordered)} handles failed"] if failed else []
     return Result(ordered, None, EXIT_FAILED if failed else EXIT_OK, notes)
 
 

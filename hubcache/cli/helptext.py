@@ -6,6 +6,8 @@ PREFETCH_EPILOG = """\
 examples:
   hubcache prefetch https://tfhub.dev/google/nnlm-en-dim128/2
   hubcache prefetch -j 4 -f handles.txt --lock hubcache.lock
+  hubcache prefetch --to s3://models/hub -f hubcache.lock --require-hashes
+  hubcache prefetch --to /mnt/usb/tier -f hubcache.lock   # then: aws s3 sync /mnt/usb/tier s3://models/hub
 
 A HANDLE argument must be remote: a local path there is a usage error (exit 2)
 and nothing is fetched; if it names a file, the hint is -f FILE. A malformed
@@ -19,7 +21,10 @@ and the others are still fetched.
   path        its local directory, or null when it failed
   seconds     when it finished, in seconds since the command started
   error       on failure only: the message
-  error_type  on failure only: the exception's name (DownloadError, ...)"""
+  error_type  on failure only: the exception's name (DownloadError, ...)
+With --to, path is null, and a success also has
+  to          the shared tier filled
+  sha256      the SHA-256 of the archive stored there"""
 
 RESOLVE_EPILOG = """\
 examples:

@@ -104,6 +104,10 @@ def open_remote(settings: "Settings") -> Optional[Remote]:
     """The configured shared tier, or None (none configured, or offline)."""
     if settings.remote is None or settings.offline:
         return None
+    if not settings.remote.startswith("s3://"):  # a directory: only `prefetch --to DIR` names one
+        from .directory import DirectoryRemote
+
+        return DirectoryRemote(settings.remote, read_only=settings.remote_mode == "ro")
     from .s3 import S3Remote
 
     bucket, _, prefix = settings.remote[len("s3://") :].partition("/")
