@@ -57,7 +57,8 @@ def remote_entry(
     if isinstance(how, ArchivePlan):
         upstream = functools.partial(_download, how, shown, settings)
         produce = functools.partial(upstream, tee=None)
-        shared = _shared_fetch(cache, key, shown, settings, sha256)
+        # Not when another spelling's entry can be linked: that costs no download at all.
+        shared = _shared_fetch(cache, key, shown, settings, sha256) if linked is None else None
         if shared is not None:
             produce = functools.partial(shared.produce, upstream)
     else:

@@ -43,8 +43,10 @@ Upstream = Callable[[str, Optional[Callable[[bytes], None]]], Dict[str, Any]]
 #: After a store fails, it is left alone this long: a dead bucket then costs one
 #: timeout per minute, not one per model.
 SKIP_SECONDS = 60.0
-#: The poll for another node's upload starts at the first and grows to the second.
-POLL_FIRST, POLL_MOST = 0.5, 5.0
+#: The poll for another node's upload starts at the first and grows to the second
+#: (each wait jittered down to half). A GET a second or two per waiting machine is
+#: cheap beside the download it saves, and a waiter then starts at most ~2 s late.
+POLL_FIRST, POLL_MOST = 0.25, 2.0
 
 _lock = threading.Lock()
 _remotes: Dict[Tuple[Any, ...], "Remote"] = {}  # opened once per process and configuration
@@ -118,6 +120,7 @@ class SharedFetch:
         self._holding = threading.Event()
         self._stop = threading.Event()
         self._renewer: Optional[threading.Thread] = None
+        self._streaming: Optional[_Upload] = None  # the upload that follows the download
 
     # -- in the entry's lock ---------------------------------------------------
 
@@ -229,17 +232,21 @@ class SharedFetch:
         }
 
     def _upstream(self, upstream: Upstream, dest: str) -> Dict[str, Any]:
+        from .spool import Spool
+
         if not self._uploading():
             return upstream(dest, None)
         try:
-            spool = _Spool(self.spool_path, self.shown)
+            spool = Spool(self.spool_path, self.shown)
         except OSError as e:
             log.warning("Cannot keep a copy of %s for the shared tier (%s); not uploading it.", self.shown, e)
             return upstream(dest, None)
+        if self.pin:  # the blob's name is known: upload it while it downloads
+            self._streaming = _Upload(self.remote, self.pin, spool.follow())
         try:
             self.made = upstream(dest, spool.write)
         finally:
-            self.spooled = spool.close()
+            self.spooled = spool.finish(downloaded=bool(self.made))
         return self.made
 
     def _uploading(self) -> bool:
@@ -253,8 +260,9 @@ class SharedFetch:
         """Upload what this node downloaded (once its entry is published), and give
         the lease up. Never raises for the store: the entry is there either way."""
         try:
+            streamed = self._streamed()
             if published and self.spooled and self.made and self._uploading():
-                self._upload()
+                self._upload(streamed)
         except RemoteError as e:
             self._failed(e)
         finally:
@@ -269,7 +277,24 @@ class SharedFetch:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.spool_path)
 
-    def _upload(self) -> None:
+    def _streamed(self) -> Optional[int]:
+        """The bytes the upload that followed the download stored (None: none did)."""
+        from .spool import AbandonedError
+
+        if self._streaming is None:
+            return None
+        self._streaming.join()
+        error = self._streaming.error
+        if isinstance(error, RemoteError):
+            raise error
+        if isinstance(error, AbandonedError):
+            return None
+        if error is not None:  # IntegrityError (not the pinned archive: nothing was stored), OSError
+            log.info("Not uploading %s to the shared tier: %s", self.shown, error)
+            return None
+        return self._streaming.size
+
+    def _upload(self, streamed: Optional[int]) -> None:
         from .cache import utc_iso
 
         sha256, size = self.made["sha256"], self.made["bytes"]
@@ -278,7 +303,10 @@ class SharedFetch:
             if self.indexed is not None and self.indexed["sha256"] == sha256:
                 return
         started = time.monotonic()
-        if sha256 != self.damaged and _has_blob(self.remote, sha256, size):
+        if self._streaming is not None:
+            if streamed != size:
+                return
+        elif sha256 != self.damaged and _has_blob(self.remote, sha256, size):
             log.debug("The shared tier has the blob of %s already (another spelling's upload)", self.shown)
         elif not self._put_blob(sha256, size):
             return
@@ -350,31 +378,18 @@ class _UnusableError(Exception):
     """A blob that is not what the index says."""
 
 
-class _Spool:
-    """A copy of the download for the upload, as the download sees it: a write
-    that fails (a full disk) stops the copy, never the download."""
+class _Upload(threading.Thread):
+    """An upload of a blob in the background: ``size`` stored, or ``error``."""
 
-    def __init__(self, path: str, shown: str) -> None:
-        self._file: Any = open(path, "xb")  # noqa: SIM115 (closed by close(), which reports a failed flush)
-        self._shown = shown
-        self._broken = False
+    def __init__(self, remote: "Remote", sha256: str, chunks: Iterator[bytes]) -> None:
+        super().__init__(name="hubcache-upload", daemon=True)
+        self.remote, self.sha256, self.chunks = remote, sha256, chunks
+        self.size: Optional[int] = None
+        self.error: Optional[BaseException] = None
+        self.start()
 
-    def write(self, data: bytes) -> None:
-        if not self._broken:
-            try:
-                self._file.write(data)
-            except OSError as e:
-                self._give_up(e)
-
-    def close(self) -> bool:
-        """Close the file; whether it holds every byte written."""
+    def run(self) -> None:
         try:
-            self._file.close()
-        except OSError as e:
-            self._give_up(e)
-        return not self._broken
-
-    def _give_up(self, error: OSError) -> None:
-        if not self._broken:
-            log.warning("Cannot keep a copy of %s for the shared tier (%s); not uploading it.", self._shown, error)
-        self._broken = True
+            self.size = self.remote.put_blob(self.sha256, self.chunks)
+        except BaseException as e:  # reported by SharedFetch.finish, in the caller's thread
+            self.error = e

@@ -264,3 +264,29 @@ def test_prefetch_to_seeds_a_tier_that_serves_with_upstream_gone(hub, tier, serv
     result = resolve(hub, node(tier, tmp_path / "node"))
     assert result["ok"], result
     assert read_tree(result["path"])
+
+
+def test_a_pinned_download_is_uploaded_while_it_downloads(hub, tier, server, bucket, tmp_path):
+    """With the SHA-256 known, the blob's name is too: its parts go up as the
+    archive comes down, not after. Parts are 8 MiB, and the upload holds two before
+    it starts (one part would be a single PUT): this archive has four."""
+    archive = fake_saved_model(seed=6, size=28 << 20)
+    sha = hashlib.sha256(archive).hexdigest()
+    blob = hub.publish_tfhub(HANDLE_PATH, archive)
+    hub.storage.fault(blob, bytes_per_second=7 << 20)  # about 4 s on the wire
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hubcache", "resolve", handle(hub), "--sha256", sha],
+        env=child_env(node(tier, tmp_path / "node")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    client, seen = s3(server), []
+    while proc.poll() is None:
+        uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        seen.append((bool(uploads), hub.storage.in_flight))
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert (True, 1) in seen, f"the upload started only after the download: {seen}"
+    assert objects(server, bucket)[f"v1/blobs/sha256/{sha}"] == archive
