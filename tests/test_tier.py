@@ -21,7 +21,7 @@ except ImportError:
         raise
     pytest.skip("needs boto3 and moto[server]: pip install -e '.[test]'", allow_module_level=True)
 
-from s3proxy import Silent, closed_port  # noqa: E402
+from s3proxy import Relay, Silent, closed_port  # noqa: E402
 
 from archives import fake_saved_model, read_tree  # noqa: E402
 from helpers import child_env, result_of, run_cli, s3, spawn_resolver  # noqa: E402
@@ -290,3 +290,27 @@ def test_a_pinned_download_is_uploaded_while_it_downloads(hub, tier, server, buc
     assert proc.returncode == 0, err
     assert (True, 1) in seen, f"the upload started only after the download: {seen}"
     assert objects(server, bucket)[f"v1/blobs/sha256/{sha}"] == archive
+
+
+def test_a_store_that_ignores_conditional_creates_runs_without_leases(hub, tier, server, bucket, tmp_path):
+    """Some S3 look-alikes accept If-None-Match and overwrite anyway: no lease can
+    work there, so the nodes race upstream; each entry is still right, and the tier
+    still ends up filled."""
+    archive = fake_saved_model(seed=7)
+    blob = hub.publish_tfhub(HANDLE_PATH, archive)
+    relay = Relay(int(server.rsplit(":", 1)[1]), hide=b"If-None-Match")
+    try:
+        lax = {"HUBCACHE_REMOTE_ENDPOINT": relay.endpoint}
+        nodes = [spawn_resolver(handle(hub), node(tier, tmp_path / f"node{i}", **lax)) for i in range(3)]
+        outs = [p.communicate(timeout=120) for p in nodes]
+    finally:
+        relay.close()
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert all(r["ok"] for r in results), outs
+    assert all("without leases" in err for _, err in outs), [err for _, err in outs]
+    assert len({json.dumps(read_tree(r["path"]), default=str, sort_keys=True) for r in results}) == 1
+    hub.storage.wait_idle()
+    assert 1 <= hub.storage.completed(blob) <= 3
+    stored = objects(server, bucket)
+    assert stored[f"v1/blobs/sha256/{hashlib.sha256(archive).hexdigest()}"] == archive
+    assert not [n for n in stored if n.startswith(("v1/leases/", "v1/probe/"))], sorted(stored)
