@@ -322,7 +322,8 @@ class SharedFetch:
             }
             self.remote.put_index(self.key, record)
         seconds = max(time.monotonic() - started, 1e-6)
-        log.info("Uploaded %s to the shared tier %s: %.1f MiB in %.1f s", self.shown, self.store, size / 2**20, seconds)
+        how = "while downloading it" if self._streaming is not None else f"in {seconds:.1f} s"
+        log.info("Uploaded %s to the shared tier %s: %.1f MiB %s", self.shown, self.store, size / 2**20, how)
 
     def _put_blob(self, sha256: str, size: int) -> bool:
         """Upload the spool as the blob ``sha256``; whether it went up whole."""
