@@ -44,9 +44,9 @@ Upstream = Callable[[str, Optional[Callable[[bytes], None]]], Dict[str, Any]]
 #: timeout per minute, not one per model.
 SKIP_SECONDS = 60.0
 #: The poll for another node's upload starts at the first and grows to the second
-#: (each wait jittered down to half). A GET a second or two per waiting machine is
-#: cheap beside the download it saves, and a waiter then starts at most ~2 s late.
-POLL_FIRST, POLL_MOST = 0.25, 2.0
+#: (each wait jittered down to half). A GET a second per waiting machine is cheap
+#: beside the download it saves, and a waiter then starts at most ~1 s late.
+POLL_FIRST, POLL_MOST = 0.25, 1.0
 
 _lock = threading.Lock()
 _remotes: Dict[Tuple[Any, ...], "Remote"] = {}  # opened once per process and configuration
@@ -152,14 +152,19 @@ class SharedFetch:
         """The index record once another node wrote it; None when this node is to
         download (it holds the lease, or waited ``HUBCACHE_REMOTE_WAIT`` in vain)."""
         deadline = time.monotonic() + self.settings.remote_wait
-        delay = POLL_FIRST
+        delay, lease_due = POLL_FIRST, 0.0
         while True:
-            if self.remote.try_lease(self.key, self.owner, self.settings.remote_lease):
-                self._holding.set()
-                record = self.remote.get_index(self.key)  # the last holder may just have finished
-                if record is None:
-                    self._start_renewing()
-                return record
+            now = time.monotonic()
+            if now >= lease_due:
+                if self.remote.try_lease(self.key, self.owner, self.settings.remote_lease):
+                    self._holding.set()
+                    record = self.remote.get_index(self.key)  # the last holder may just have finished
+                    if record is None:
+                        self._start_renewing()
+                    return record
+                # A live holder renews its lease every third of it: asking for it at
+                # every poll would only double each waiter's requests.
+                lease_due = now + self.settings.remote_lease / 4
             record = self.remote.get_index(self.key)
             if record is not None:
                 return record

@@ -362,8 +362,13 @@ def test_the_probe_finds_conditional_writes_once(server, bucket, monkeypatch):
     assert r.probe_conditional_writes()
     again, calls = remote(server, bucket), []
     monkeypatch.setattr(again, "call", lambda *a, **k: calls.append(a))
-    assert again.probe_conditional_writes() and calls == []  # once per bucket
-    assert keys(server, bucket) == []  # the probe object is removed
+    assert again.probe_conditional_writes() and calls == []  # once per bucket and process
+    assert keys(server, bucket) == [f"{PREFIX}/v1/probe/result.json"]  # the probe object is removed
+    monkeypatch.setattr(s3_module, "_probed", {})  # another process: reads the answer, probes nothing
+    third = remote(server, bucket)
+    real_call = third.call
+    monkeypatch.setattr(third, "call", lambda op, *a, **k: calls.append(op) or real_call(op, *a, **k))
+    assert third.probe_conditional_writes() and calls == ["GetObject"]
 
 
 def test_a_store_that_ignores_if_none_match_is_found_out(server, bucket, monkeypatch, caplog):
@@ -379,7 +384,20 @@ def test_a_store_that_ignores_if_none_match_is_found_out(server, bucket, monkeyp
         assert r.try_lease(KEY, "node-a", 60) and r.try_lease(KEY, "node-b", 60)  # what the probe warns of
     finally:
         relay.close()
-    assert keys(server, bucket) == [f"{PREFIX}/v1/leases/{KEY}.json"]
+    assert keys(server, bucket) == [f"{PREFIX}/v1/leases/{KEY}.json", f"{PREFIX}/v1/probe/result.json"]
+
+
+def test_a_recorded_probe_answer_is_used_until_it_is_a_day_old(server, bucket, monkeypatch):
+    from hubcache.remote import s3 as s3_module
+
+    monkeypatch.setattr(s3_module, "_probed", {})
+    path = f"{PREFIX}/v1/probe/result.json"
+    s3(server).put_object(Bucket=bucket, Key=path, Body=json.dumps({"conditional_writes": False}).encode())
+    assert not remote(server, bucket).probe_conditional_writes()  # trusted: moto would have said yes
+    monkeypatch.setattr(s3_module, "_probed", {})
+    monkeypatch.setattr(s3_module, "PROBE_RECORD_SECONDS", 0.0)  # now stale: probed again, and recorded
+    assert remote(server, bucket).probe_conditional_writes()
+    assert json.loads(s3(server).get_object(Bucket=bucket, Key=path)["Body"].read())["conditional_writes"] is True
 
 
 # -- read-only mode ------------------------------------------------------------

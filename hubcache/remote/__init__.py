@@ -7,7 +7,9 @@ Layout under ``s3://bucket/prefix/v1/``, plain objects that ``aws s3 sync`` or
 - ``blobs/sha256/<hex>``: an archive, byte for byte as upstream served it;
 - ``index/<key>.json``: what a handle's archive is (:func:`check_index`), where
   ``<key>`` is the handle's cache entry name, the SHA-1 of the handle as written;
-- ``leases/<key>.json``: which machine is fetching the handle, for how long.
+- ``leases/<key>.json``: which machine is fetching the handle, for how long;
+- ``probe/result.json``: whether the store refuses a second conditional create
+  (leases work), as the first machine to check found.
 
 :class:`Remote` is the interface; :func:`open_remote` gives the configured one
 (the S3 client, in :mod:`hubcache.remote.s3`, is imported only then). Every

@@ -30,6 +30,7 @@ _TRANSIENT = frozenset({500, 502, 503, 504})
 _JSON = "application/json"
 _probed: Dict[Tuple[str, str], bool] = {}  # (endpoint URL, bucket) -> answer, once per process
 _probe_lock = threading.Lock()
+PROBE_RECORD_SECONDS = 86400.0  # a recorded probe answer is trusted this long
 
 
 class _StatusError(Exception):
@@ -182,8 +183,30 @@ class S3Remote:
             store = (self._client.meta.endpoint_url, self.bucket)
             known = _probed.get(store)
             if known is None:
-                known = _probed[store] = self._probe()
+                known = _probed[store] = self._recorded_probe()
+                if not known:
+                    log.warning(
+                        "The shared tier %s does not refuse a second create (If-None-Match: *): running "
+                        "without leases, so machines may download the same model at the same time.",
+                        self.url,
+                    )
             return known
+
+    def _recorded_probe(self) -> bool:
+        """The probe's answer as another machine recorded it in the bucket (one GET,
+        not three requests per process); probed and recorded when there is none or
+        it is a day old, by the store's clock. A record that lies costs only
+        duplicate downloads: every entry is still checked by its hash."""
+        path = self._key("probe", "result.json")
+        found = self._get_record(path)
+        record = parse_record(found[0]) if found else None
+        answer = record.get("conditional_writes") if isinstance(record, dict) else None
+        if found and isinstance(answer, bool) and not _expired({"seconds": PROBE_RECORD_SECONDS}, found[1]):
+            return answer
+        supported = self._probe()
+        body = json.dumps({"conditional_writes": supported, "time": time.time()}).encode()
+        self.call("PutObject", Key=path, Body=body, ContentType=_JSON)
+        return supported
 
     def _probe(self) -> bool:
         path = self._key("probe", f"{time.time():.0f}-{random.getrandbits(64):016x}")
@@ -200,12 +223,6 @@ class S3Remote:
                 self.call("DeleteObject", Key=path)
             except RemoteError as e:
                 log.debug("Could not remove the probe %s: %s", path, e)
-        if not supported:
-            log.warning(
-                "The shared tier %s does not refuse a second create (If-None-Match: *): running without "
-                "leases, so machines may download the same model at the same time.",
-                self.url,
-            )
         return supported
 
     # -- requests ------------------------------------------------------------
