@@ -99,7 +99,7 @@ def test_a_local_hit_makes_no_remote_call(hub, tier, tmp_path):
     cache = tmp_path / "node"
     assert resolve(hub, node(tier, cache))["ok"]
     # The same cache with the tier pointing at a port nobody listens on: a hit never asks it.
-    code = "import sys, hubcache; hubcache.resolve(sys.argv[1]); print('boto3' in sys.modules)"
+    code = "import sys, hubcache; hubcache.resolve(sys.argv[1]); print('botocore' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code, handle(hub)],
         env=child_env(node(tier, cache, HUBCACHE_REMOTE_ENDPOINT=closed_port())),
@@ -187,7 +187,7 @@ def test_offline_opens_no_socket(hub, tier, tmp_path):
         "try:\n"
         "    hubcache.resolve(sys.argv[1])\n"
         "except hubcache.OfflineError as e:\n"
-        "    print('offline', 'boto3' in sys.modules)\n"
+        "    print('offline', 'botocore' in sys.modules)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, handle(hub)],
