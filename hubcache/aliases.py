@@ -24,7 +24,6 @@ import functools
 import json
 import logging
 import os
-import shutil
 from typing import Any, Callable, Dict, Optional
 
 from .cache import Cache, write_atomic
@@ -72,6 +71,8 @@ def _link_tree(source: str, dest: str) -> None:
             except OSError as e:
                 if e.errno not in _NO_LINK:
                     raise
+                import shutil  # here: it imports bz2 and lzma, which a download may not need
+
                 shutil.copyfile(path, target)
 
 

@@ -193,14 +193,13 @@ def iter_prefetch(
         for handle in unique:
             yield handle, _prefetch_one(handle, settings, sha256.get(handle))
         return
-    import dataclasses
     import queue
     import threading
 
     from .cancel import Cancellation, Cancelled
 
     cancellation = Cancellation()
-    settings = dataclasses.replace(settings, cancellation=cancellation)
+    settings = settings.replace(cancellation=cancellation)
     todo: "queue.Queue[str]" = queue.Queue()
     for handle in unique:
         todo.put(handle)

@@ -3,9 +3,9 @@ xz), and zip.
 
 :func:`extract` reads an iterable of byte chunks (the HTTP body) once, in a
 pipeline of three threads (:mod:`hubcache.pipeline`): chunks are pulled in one
-thread, inflated in a second (by python-isal when installed,
-``hubcache[fast]``), and the archive is parsed (:mod:`hubcache.tar`) and
-written (:mod:`hubcache.writer`) in the calling thread. No copy of the archive
+thread, inflated in a second (by python-isal when installed, ``hubcache[fast]``,
+unless the archive is small), and the archive is parsed (:mod:`hubcache.tar`)
+and written (:mod:`hubcache.writer`) in the calling thread. No copy of the archive
 is kept, and memory does not grow with it.
 
 Every input is bounded, so a hostile body can neither hang extraction nor grow
@@ -21,25 +21,30 @@ own thread, its central directory cross-checked against the members streamed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, List, Optional
 
 from .errors import ArchiveError
-from .pipeline import Pipe, compression_of, inflate, peek
+from .pipeline import SMALL_ARCHIVE, SMALL_WAIT, Pipe, accelerate, compression_of, inflate, peek
+from .records import Record
 from .tar import BLOCK, MAX_TRAILER, TarReader, is_header, trailer_error
 from .writer import Extracted, SafeWriter
-from .zip import ZipReader
 from .zipformat import CENTRAL_END, LOCAL_SIG, MEMBER, is_zip
 from .zipformat import Member as ZipMember
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on one archive, against bombs and absurd inputs (0: no bound)."""
+class Limits(Record):
+    """Bounds on one archive, against bombs and absurd inputs (0: no bound):
+    bytes of member data in all, members of any type (tar's extended headers
+    count, and their data), and decompressed bytes per compressed byte (past
+    RATIO_FLOOR)."""
 
-    max_size: int = 0  # bytes of member data in all (extended tar headers' data too)
-    max_files: int = 0  # members of any type (extended tar headers too)
-    max_ratio: float = 0  # decompressed bytes per compressed byte, past RATIO_FLOOR
+    __slots__ = ("max_size", "max_files", "max_ratio")
+
+    def __init__(self, max_size: int = 0, max_files: int = 0, max_ratio: float = 0) -> None:
+        self.max_size, self.max_files, self.max_ratio = max_size, max_files, max_ratio
+
+
+NO_LIMITS = Limits()
 
 
 def extract(
@@ -47,7 +52,7 @@ def extract(
     dest: str,
     *,
     handle: str,
-    limits: Limits = Limits(),
+    limits: Limits = NO_LIMITS,
     abort: Optional[Callable[[], None]] = None,
 ) -> Extracted:
     """Extract the archive whose bytes ``chunks`` yields into the existing,
@@ -63,7 +68,11 @@ def extract(
         source = Pipe(iter(chunks), "hubcache-fetch")
         pipes.append(source)
         head, raw = peek(iter(source), BLOCK)
+        if not source.ended_within(SMALL_ARCHIVE, SMALL_WAIT):
+            accelerate()
         if is_zip(head):
+            from .zip import ZipReader  # imported for zips alone: most archives are tar.gz
+
             budget = Budget(handle, limits)
             zipped = ZipReader(raw, handle, budget.charge, budget.grow, limits.max_ratio)
             batches = Pipe(_batches(zipped.events()), "hubcache-unzip")

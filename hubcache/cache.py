@@ -31,13 +31,17 @@ from .layout import (
     IMPORT_PREFIX,
     LOCK_SUFFIX,
     METADATA_SUFFIX,
+    STAMP_SUFFIX,
     TMP_INFIX,
     TRASH_INFIX,
     USED_SUFFIX,
     Status,
 )
+from .locks import LockFile
 
 log = logging.getLogger("hubcache")
+
+POLL_INTERVAL = 0.05  # seconds between attempts to take a lock another process holds
 
 METADATA_FORMAT = 1
 CACHEDIR_TAG = (
@@ -82,15 +86,11 @@ class Cache:
         loading it): then leave it and return False. The directory is renamed
         aside first, so a reader never sees half an entry, and a concurrent
         :func:`~hubcache.layout.lookup` that saw the metadata finds no directory."""
-        from filelock import Timeout
-
         if not layout.is_key(key):  # never the root, never anything but an entry
             raise ValueError(f"not a cache entry's name: {key!r}")
 
-        lock = _EntryLock(self._sibling(key, LOCK_SUFFIX), handle, 0)
-        try:
-            lock.acquire_now()
-        except Timeout:
+        lock = LockFile(self._sibling(key, LOCK_SUFFIX))
+        if not lock.try_acquire():
             return False
         try:
             directory = self.entry_dir(key)
@@ -100,7 +100,7 @@ class Cache:
                 trash = self._sibling(key, f"{TRASH_INFIX}{secrets.token_hex(4)}")
                 os.rename(directory, trash)
                 remove_tree(trash)
-            for suffix in (METADATA_SUFFIX, DESCRIPTOR_SUFFIX, USED_SUFFIX):
+            for suffix in (METADATA_SUFFIX, DESCRIPTOR_SUFFIX, USED_SUFFIX, STAMP_SUFFIX):
                 remove_tree(self._sibling(key, suffix))  # a file, or junk of any kind
             if isinstance(model, str):  # the record that other spellings are made from it
                 self._forget_alias(model, key)
@@ -246,7 +246,7 @@ class Cache:
             size=sum(info["files"].values()),
         )
         marker = self._sibling(key, METADATA_SUFFIX)
-        for junk in (marker, self._sibling(key, DESCRIPTOR_SUFFIX)):
+        for junk in (marker, self._sibling(key, DESCRIPTOR_SUFFIX), self._sibling(key, STAMP_SUFFIX)):
             if os.path.lexists(junk) and not os.path.isfile(junk):  # a directory there would
                 remove_tree(junk)  # make every publish of this entry fail
         write_atomic(marker, json.dumps(metadata, indent=1, sort_keys=True))
@@ -256,11 +256,20 @@ class Cache:
             f"Downloader Hostname: {socket.gethostname()} (PID:{os.getpid()})\n",
         )
         os.rename(tmp, directory)
+        self.stamp(key, layout.make_stamp(directory, info["files"], metadata.get("sha256")))
         layout.forget(directory)
         layout.record_use(directory)
         layout.remember(directory, metadata)
         log.info("Cached %s in %s", handle, directory)
         return directory
+
+    def stamp(self, key: str, stamp: Optional[Dict[str, Any]]) -> None:
+        """Record entry ``key``'s stamp, from :func:`hubcache.layout.make_stamp`:
+        it makes the entry's first check in a process cheap. Best effort: without
+        one, that check stats every file."""
+        if stamp is not None:
+            with suppress(OSError):
+                write_atomic(self._sibling(key, STAMP_SUFFIX), json.dumps(stamp, separators=(",", ":")))
 
     def ensure_root(self) -> None:
         """Create the cache root, tagged so that backup tools skip it."""
@@ -281,56 +290,40 @@ class Cache:
 
 
 class _EntryLock:
-    """The per-entry file lock. The OS drops it if its holder dies, so a waiter
-    goes on as soon as a crashed download's process is gone."""
+    """The per-entry lock, waited for up to ``timeout`` seconds. The OS drops it
+    if its holder dies, so a waiter goes on as soon as a crashed download's
+    process is gone."""
 
     def __init__(self, path: str, handle: str, timeout: float, cancellation: Optional[Cancellation] = None) -> None:
-        from filelock import FileLock  # imported here: only writers need it
-
-        # 0o666: in a cache shared by several users, any of them may take the lock.
-        self._lock = FileLock(path, mode=0o666)
+        self._lock = LockFile(path)
         self._path = path
         self._handle = handle
         self._timeout = timeout
         self._cancellation = cancellation
 
-    def acquire_now(self) -> None:
-        """Take the lock or raise ``filelock.Timeout`` at once."""
-        self._lock.acquire(timeout=0)
-
-    def release(self) -> None:
-        self._lock.release()
-
     def __enter__(self) -> "_EntryLock":
-        from filelock import Timeout
-
-        try:
-            self.acquire_now()
+        if self._lock.try_acquire():
             return self
-        except Timeout:
-            pass
         log.info("Waiting for another process that is downloading %s", self._handle)
         started = time.monotonic()
         while True:
             # In short steps, so that a cancelled wait ends within moments.
-            left = self._timeout - (time.monotonic() - started)
             if self._cancellation is not None:
                 self._cancellation.check()
-            try:
-                self._lock.acquire(timeout=max(0.0, min(left, 0.25)))
+            left = self._timeout - (time.monotonic() - started)
+            time.sleep(max(0.0, min(left, POLL_INTERVAL)))
+            if self._lock.try_acquire():
                 return self
-            except Timeout:
-                if left > 0.25:
-                    continue
-            raise CacheLockTimeout(
-                f"gave up waiting for {self._handle} after {time.monotonic() - started:.0f} s: "
-                f"another process holds {self._path}. If no hubcache process is running, "
-                "delete that file; to wait longer, raise HUBCACHE_LOCK_TIMEOUT.",
-                handle=self._handle,
-            ) from None
+            if time.monotonic() - started >= self._timeout:
+                raise CacheLockTimeout(
+                    f"gave up waiting for {self._handle} after {time.monotonic() - started:.0f} s: "
+                    f"another process holds {self._path}. If no hubcache process is running, "
+                    "delete that file; to wait longer, raise HUBCACHE_LOCK_TIMEOUT.",
+                    handle=self._handle,
+                )
 
     def __exit__(self, *exc: object) -> None:
-        self.release()
+        self._lock.release()
 
 
 def stale_leftover(name: str) -> bool:

@@ -12,9 +12,10 @@ too, for a worker that cannot unwind in time.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 import threading
+
+from .fs import remove_tree
 
 TYPE_CHECKING = False
 
@@ -98,7 +99,7 @@ class Cancellation:
         with self._lock:
             dirs, self._dirs = list(self._dirs), set()
         for path in dirs:
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)  # (shutil would import bz2 and lzma into every download)
 
 
 def shutdown(response: "Any") -> None:

@@ -10,143 +10,45 @@ hubcache's own are prefixed ``HUBCACHE_``.
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Tuple
+from typing import Mapping, Optional
 from urllib.parse import urlsplit
 
+from .credentials import CREDENTIAL_VARIABLES
+from .credentials import KaggleCredentials as KaggleCredentials  # (users import them from here)
+from .credentials import kaggle_credentials as kaggle_credentials
 from .errors import ConfigError
 from .layout import CACHE_DIR_VARIABLES, cache_root, configured_root
+from .settings import (
+    DEFAULT_BACKOFF,
+    DEFAULT_CN_MIRROR_ENDPOINT,
+    DEFAULT_GCS_ENDPOINT,
+    DEFAULT_KAGGLE_API_ENDPOINT,
+    DEFAULT_KAGGLE_ENDPOINT,
+    DEFAULT_LATEST_INTERVAL,
+    DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_MAX_FILES,
+    DEFAULT_MAX_RATIO,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MAX_SIZE,
+    DEFAULT_MIN_RATE,
+    DEFAULT_MIN_RATE_WINDOW,
+    DEFAULT_REMOTE_LEASE,
+    DEFAULT_REMOTE_TIMEOUT,
+    DEFAULT_REMOTE_WAIT,
+    DEFAULT_TFHUB_ENDPOINT,
+    DEFAULT_TIMEOUT,
+)
+from .settings import Settings as Settings
 
-if TYPE_CHECKING:
-    from .archive import Limits
-
-DEFAULT_TFHUB_ENDPOINT = "https://tfhub.dev"
-DEFAULT_KAGGLE_ENDPOINT = "https://www.kaggle.com"
-DEFAULT_KAGGLE_API_ENDPOINT = "https://api.kaggle.com"  # the RPC API of kagglehub 1.x
-DEFAULT_GCS_ENDPOINT = "https://storage.googleapis.com"
-DEFAULT_CN_MIRROR_ENDPOINT = "https://gcs.tensorflow.google.cn"
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_LOCK_TIMEOUT = 3600.0
-DEFAULT_MAX_RETRIES = 5
-DEFAULT_BACKOFF = 1.0
-DEFAULT_MAX_SIZE = 100 << 30  # bytes extracted from one archive
-DEFAULT_MAX_FILES = 1_000_000  # members of one archive
-DEFAULT_MAX_RATIO = 250  # extracted bytes per downloaded byte, past MAX_RATIO_FLOOR
-# The progress floor: a body slower than this on average over the window is a
-# stalled attempt (a server dripping a byte per read never trips the timeout).
-# 1 KiB/s over a minute passes any honest link, even a poor mobile one.
-DEFAULT_MIN_RATE = 1 << 10  # bytes per second
-DEFAULT_MIN_RATE_WINDOW = 60.0  # seconds
-# A model's versions change in weeks or months, and a cluster may start
-# thousands of processes a day: asking Kaggle once a day keeps "latest" current
-# without a request per start (and without meeting its rate limits).
-DEFAULT_LATEST_INTERVAL = 86400.0  # seconds
-# The shared tier: a remote call that takes longer than this is a failed one
-# (then the fetch goes upstream), so a bucket that accepts and never answers
-# costs seconds, not the download timeout.
-DEFAULT_REMOTE_TIMEOUT = 5.0  # seconds
-# How long to wait for another node that holds the lease on a handle (it is
-# downloading it) before going upstream too. A dead holder is noticed sooner, when
-# its lease expires; this bounds the wait on a live but slow one. A slow holder
-# means a slow upstream, where more downloads would not help: 10 minutes is a
-# 10 GiB model at 17 MiB/s.
-DEFAULT_REMOTE_WAIT = 600.0  # seconds
-# How long a lease on a handle lasts unless its holder renews it (every third of
-# this, while it downloads). A holder killed mid-download (kill -9, a preempted
-# VM) keeps the others waiting this long at most; short enough for a cold start,
-# long enough that a busy holder's renewals are not late.
-DEFAULT_REMOTE_LEASE = 60.0  # seconds
 REMOTE_MODES = ("rw", "ro")
 
 LOAD_FORMATS = ("COMPRESSED", "UNCOMPRESSED", "AUTO")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything a call needs to know about its environment, frozen at call time."""
-
-    cache_dir: str
-    #: Caches searched after ``cache_dir``, never written (HUBCACHE_READONLY_DIRS).
-    readonly_dirs: Tuple[str, ...] = ()
-    offline: bool = False
-    #: "COMPRESSED" or "UNCOMPRESSED" (AUTO is read as COMPRESSED, as tensorflow_hub does).
-    load_format: str = "COMPRESSED"
-    tfhub_endpoint: str = DEFAULT_TFHUB_ENDPOINT
-    kaggle_endpoint: str = DEFAULT_KAGGLE_ENDPOINT
-    kaggle_api_endpoint: str = DEFAULT_KAGGLE_API_ENDPOINT
-    gcs_endpoint: str = DEFAULT_GCS_ENDPOINT
-    cn_mirror_endpoint: str = DEFAULT_CN_MIRROR_ENDPOINT
-    #: True/False forces the progress bar on/off; None shows it when stderr is a terminal.
-    progress: Optional[bool] = None
-    #: Seconds to wait to connect, and between two reads of the body.
-    timeout: float = DEFAULT_TIMEOUT
-    #: Seconds to wait for another process that is downloading the same handle.
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
-    #: Failed attempts in a row (no new bytes in between) before giving up.
-    max_retries: int = DEFAULT_MAX_RETRIES
-    #: First wait between attempts, in seconds; doubled each time, with jitter.
-    backoff: float = DEFAULT_BACKOFF
-    #: Bounds on one archive: bytes extracted, members, and compression ratio (0: no bound).
-    max_size: int = DEFAULT_MAX_SIZE
-    max_files: int = DEFAULT_MAX_FILES
-    max_ratio: float = DEFAULT_MAX_RATIO
-    #: The progress floor: bytes per second on average over ``min_rate_window``
-    #: seconds, below which an attempt counts as stalled (0: no floor).
-    min_rate: int = DEFAULT_MIN_RATE
-    min_rate_window: float = DEFAULT_MIN_RATE_WINDOW
-    #: Seconds a resolved "latest" version is used before Kaggle is asked again (0: every time).
-    latest_interval: float = DEFAULT_LATEST_INTERVAL
-    #: The shared tier, normalized to "s3://bucket" or "s3://bucket/prefix" (None: no remote).
-    remote: Optional[str] = None
-    #: The S3 endpoint URL (None: the AWS SDK's own, e.g. AWS_ENDPOINT_URL_S3).
-    remote_endpoint: Optional[str] = None
-    #: "rw" (read, and upload what this node fetched) or "ro" (read only, never write).
-    remote_mode: str = "rw"
-    #: Seconds to wait to connect to the remote, and for each of its answers.
-    remote_timeout: float = DEFAULT_REMOTE_TIMEOUT
-    #: Seconds to wait for another node's lease on a handle before going upstream (0: no wait).
-    remote_wait: float = DEFAULT_REMOTE_WAIT
-    #: Seconds a lease lasts unless renewed; a dead holder is taken over after this.
-    remote_lease: float = DEFAULT_REMOTE_LEASE
-    #: Not from the environment: told of every download's progress as
-    #: (bytes received, bytes announced), e.g. for an aggregate progress bar.
-    progress_hook: Optional[Callable[[int, int], None]] = field(default=None, compare=False, repr=False)
-    #: The Kaggle credentials' variables as they were at call time (the secret
-    #: itself is read from them, or from kaggle.json, only when a download needs it).
-    credentials_environ: Tuple[Tuple[str, str], ...] = field(default=(), compare=False, repr=False)
-    #: Not from the environment: a :class:`hubcache.cancel.Cancellation` that
-    #: stops this call's downloads from another thread (Ctrl-C in a parallel prefetch).
-    cancellation: Optional[Any] = field(default=None, compare=False, repr=False)
-
-    def show_progress(self) -> bool:
-        """Whether to draw progress bars: as configured, else on a terminal."""
-        if self.progress is not None:
-            return self.progress
-        import sys
-
-        return sys.stderr.isatty()
-
-    def limits(self) -> "Limits":
-        """The bounds on one archive."""
-        from .archive import Limits
-
-        return Limits(self.max_size, self.max_files, self.max_ratio)
-
-    def kaggle_credentials(self) -> "Optional[KaggleCredentials]":
-        """The Kaggle credentials configured when these settings were read."""
-        return kaggle_credentials(dict(self.credentials_environ))
-
-
-#: The variables Kaggle credentials are read from (kagglehub's).
-CREDENTIAL_VARIABLES = ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR")
 
 
 def load_settings(
@@ -376,59 +278,3 @@ def parse_size(raw: str, name: str, allow_zero: bool = False) -> int:
         zero = " (0: no bound)" if allow_zero else ""
         raise ConfigError(f"{name}={raw!r} must be a finite size such as 500M or 20G{zero}.")
     return value
-
-
-class KaggleCredentials:
-    """An ``Authorization`` header value for Kaggle, and where it came from.
-
-    The secret never appears in ``repr``/``str``, so it cannot leak into logs.
-    """
-
-    __slots__ = ("authorization", "source")
-
-    def __init__(self, authorization: str, source: str) -> None:
-        self.authorization = authorization
-        self.source = source
-
-    def __repr__(self) -> str:
-        return f"KaggleCredentials(from {self.source})"
-
-    __str__ = __repr__
-
-
-def kaggle_credentials(environ: Optional[Mapping[str, str]] = None) -> Optional[KaggleCredentials]:
-    """Find Kaggle credentials, in the order kagglehub looks for them.
-
-    ``KAGGLE_API_TOKEN`` (Bearer), then ``KAGGLE_USERNAME`` + ``KAGGLE_KEY``
-    (Basic), then ``kaggle.json`` in ``KAGGLE_CONFIG_DIR`` or ``~/.kaggle``.
-    Returns None when there are none (public models need none).
-    """
-    env = os.environ if environ is None else environ
-    token = env.get("KAGGLE_API_TOKEN", "").strip()
-    if token:
-        return KaggleCredentials(f"Bearer {token}", "KAGGLE_API_TOKEN")
-    user, key = env.get("KAGGLE_USERNAME", "").strip(), env.get("KAGGLE_KEY", "").strip()
-    if user and key:
-        return KaggleCredentials(_basic(user, key), "KAGGLE_USERNAME/KAGGLE_KEY")
-    config_dir = env.get("KAGGLE_CONFIG_DIR") or os.path.join(os.path.expanduser("~"), ".kaggle")
-    path = os.path.join(config_dir, "kaggle.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise ConfigError(
-            f"Kaggle credentials file {path} could not be read ({type(e).__name__}): "
-            'fix it to hold {"username": ..., "key": ...} or remove it.'
-        ) from None
-    if not (isinstance(data, dict) and data.get("username") and data.get("key")):
-        raise ConfigError(
-            f'Kaggle credentials file {path} lacks "username" and "key": '
-            "download a fresh one from your Kaggle account settings."
-        )
-    return KaggleCredentials(_basic(str(data["username"]), str(data["key"])), path)
-
-
-def _basic(user: str, key: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{key}".encode()).decode("ascii")

@@ -172,7 +172,6 @@ def _download(
 ) -> "Dict[str, Any]":
     """Stream the archive into ``dest`` (and each chunk to ``tee``, for the shared
     tier); return what the cache records about it."""
-    import dataclasses
     import logging
 
     from .archive import extract
@@ -185,7 +184,7 @@ def _download(
     # fails, or Ctrl-C arrives, its socket is shut down before the pipeline is
     # joined, so a read blocked in the fetch thread ends at once and is not retried.
     cancellation = Cancellation(settings.cancellation)
-    settings = dataclasses.replace(settings, cancellation=cancellation)
+    settings = settings.replace(cancellation=cancellation)
     try:
         with open_archive(how, handle=handle, settings=settings) as body:
             started = time.monotonic()

@@ -28,6 +28,8 @@ from .layout import (
     METADATA_SUFFIX,
     TMP_INFIX,
     TRASH_INFIX,
+    check_files,
+    make_stamp,
     read_record,
 )
 from .redaction import redact
@@ -188,10 +190,21 @@ def remove_leftover(cache: Cache, entry: Entry) -> bool:
 
 def verify(cache: Cache, entry: Entry) -> Optional[str]:
     """Check ``entry`` in full: every recorded file's size and CRC-32 (entries
-    made by tensorflow_hub: their structure). Returns the problem, or None."""
+    made by tensorflow_hub: their structure). Returns the problem, or None.
+
+    An intact entry of a writable cache gets a new stamp, so that its first
+    check in a process is cheap again (a copied cache's stamps disagree)."""
     if entry.state != OK:
         return entry.problem
     metadata = cache.read_metadata(entry.key) or {}
+    files = metadata.get("files")
+    if not isinstance(files, dict):
+        return "its metadata file is unreadable"
+    # Made before the files are read: what changes meanwhile shows at the next first check.
+    made = make_stamp(entry.path, files, metadata.get("sha256"))
+    problem = check_files(entry.path, files, False)  # (lookup checked the content)
+    if problem:
+        return problem
     sums = metadata.get("crc32") or {}
     for rel, expected in sorted(sums.items()):
         path = os.path.join(entry.path, *rel.split("/"))
@@ -203,6 +216,8 @@ def verify(cache: Cache, entry: Entry) -> Optional[str]:
             return f"{rel} cannot be read ({e.strerror})"
         if crc != expected:
             return f"{rel} does not have its recorded content (CRC-32 differs)"
+    if not entry.readonly:  # (a read-only layer is never written)
+        cache.stamp(entry.key, made)
     return None
 
 

@@ -11,28 +11,21 @@ not grow with the archive.
 
 from __future__ import annotations
 
-import bz2
-import functools
-import lzma
 import queue
 import threading
 import zlib
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Type
 
 from .errors import ArchiveError
 
-#: zlib's interface (decompressobj, crc32): python-isal's when installed
-#: (pip install 'hubcache[fast]'), faster.
+#: zlib's interface (decompressobj, crc32): python-isal's once :func:`accelerate`
+#: ran and it is installed (pip install 'hubcache[fast]'), faster.
 zlib_impl: Any = zlib
-try:
-    from isal import isal_zlib
-
-    zlib_impl = isal_zlib
-except ImportError:
-    pass
-
-ACCELERATED = zlib_impl is not zlib
+ACCELERATED = False
+#: An archive that has ended within this many bytes, SMALL_WAIT seconds after
+#: its first block came, is inflated by zlib: importing isal (three extension
+#: modules, 1 ms) costs a small archive more than it saves.
+SMALL_ARCHIVE, SMALL_WAIT = 1 << 20, 0.005
 OUT_SIZE = 2 << 20  # most bytes one inflate step hands on
 QUEUE_DEPTH = 4  # chunks waiting between two stages
 RATIO_FLOOR = 256 << 20  # the ratio bound applies once this many bytes came out
@@ -43,7 +36,23 @@ MAX_SILENT_INPUT = 8 << 20
 #: The xz decoder's memory: ``xz -9`` needs 65 MiB, but a stream may ask for a
 #: dictionary of up to 4 GiB, which fills as it decompresses.
 XZ_MEMLIMIT = 128 << 20
-DECODE_ERRORS = (zlib.error, getattr(zlib_impl, "error", zlib.error), lzma.LZMAError, OSError, EOFError, ValueError)
+DECODE_ERRORS: Tuple[Type[BaseException], ...] = (zlib.error, OSError, EOFError, ValueError)
+
+
+def accelerate() -> None:
+    """Use python-isal from now on in this process, if it is installed: for an
+    archive not known to be small (see SMALL_ARCHIVE). (Read ``zlib_impl`` and
+    ``DECODE_ERRORS`` from this module when they are used, not at import.)"""
+    global zlib_impl, ACCELERATED, DECODE_ERRORS
+    if ACCELERATED:
+        return
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return
+    error: Type[BaseException] = isal_zlib.error  # type: ignore[assignment]  # (its stub: an instance)
+    DECODE_ERRORS = (*DECODE_ERRORS, error)
+    zlib_impl, ACCELERATED = isal_zlib, True
 
 
 def crc32(data: Any, value: int) -> int:
@@ -77,6 +86,7 @@ class Pipe:
         self._pulled = 0  # bytes taken from the source
         self._limit: float = float("inf")  # and what to raise past it
         self._over: BaseException = ArchiveError("")
+        self._ended = threading.Event()  # the source is exhausted
         self._thread = threading.Thread(target=self._run, args=(source,), name=name, daemon=True)
         self._thread.start()
 
@@ -88,6 +98,7 @@ class Pipe:
                     raise self._over
                 if not self._put(item):
                     return
+            self._ended.set()
             self._put(_END)
         except BaseException as e:  # handed to the consumer, re-raised there
             self._put(_Raised(e))
@@ -95,6 +106,12 @@ class Pipe:
             close = getattr(source, "close", None)
             if close is not None:
                 close()  # e.g. the download's progress bar
+
+    def ended_within(self, n: int, wait: float) -> bool:
+        """Whether the source ended after at most ``n`` bytes, waiting at most
+        ``wait`` seconds for its end: a hint, which never holds the consumer up
+        longer (a server that stalls must fail as it would otherwise)."""
+        return self._pulled <= n and self._ended.wait(wait) and self._pulled <= n
 
     def stop_after(self, n: int, error: BaseException) -> None:
         """Raise ``error`` after ``n`` more bytes from the source: counted here, it
@@ -195,11 +212,12 @@ class Cursor:
 # --------------------------------------------------------------- compression
 
 
-@dataclass(frozen=True)
 class Compression:
-    name: str
-    magic: bytes
-    new: Callable[[], Any]  # a decoder: decompress(data, max_length), eof, unused_data, needs_input
+    __slots__ = ("name", "magic", "new")
+
+    def __init__(self, name: str, magic: bytes, new: Callable[[], Any]) -> None:
+        self.name, self.magic = name, magic
+        self.new = new  # a decoder: decompress(data, max_length), eof, unused_data, needs_input
 
 
 class _ZlibGzip:
@@ -221,10 +239,40 @@ class _ZlibGzip:
         return out
 
 
+# bz2 and lzma are imported with the first archive that needs them: most are
+# gzip, and a small model's download should not pay for them.
+
+
+def _bz2() -> Any:
+    import bz2
+
+    return bz2.BZ2Decompressor()
+
+
+class _Xz:
+    """lzma's decoder, its errors raised as ValueError (one of DECODE_ERRORS)."""
+
+    def __init__(self) -> None:
+        import lzma
+
+        self._error = lzma.LZMAError
+        self._d = lzma.LZMADecompressor(memlimit=XZ_MEMLIMIT)
+
+    def __getattr__(self, name: str) -> Any:  # eof, unused_data, needs_input
+        return getattr(self._d, name)
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        try:
+            out: bytes = self._d.decompress(data, max_length)
+        except self._error as e:
+            raise ValueError(str(e)) from None
+        return out
+
+
 COMPRESSIONS = (
     Compression("gzip", b"\x1f\x8b", _ZlibGzip),
-    Compression("bz2", b"BZh", bz2.BZ2Decompressor),
-    Compression("xz", b"\xfd7zXZ\x00", functools.partial(lzma.LZMADecompressor, memlimit=XZ_MEMLIMIT)),
+    Compression("bz2", b"BZh", _bz2),
+    Compression("xz", b"\xfd7zXZ\x00", _Xz),
 )
 
 

@@ -6,26 +6,27 @@ Pure functions of the handle and the settings: no network, no filesystem.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Union
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from . import handles as h
 from .config import Settings
 from .errors import HandleError
+from .records import Record
 
 FORMAT_PARAM = "tf-hub-format"
 
 
-@dataclass(frozen=True)
-class LocalPlan:
+class LocalPlan(Record):
     """The handle is a path on this machine: use it where it is."""
 
-    path: str
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
 
 
-@dataclass(frozen=True)
-class ArchivePlan:
+class ArchivePlan(Record):
     """Download an archive and extract it into the cache.
 
     ``urls`` are tried in order: a later one is used only when an earlier one
@@ -33,47 +34,59 @@ class ArchivePlan:
     ``credentials_for`` is set (an endpoint URL), the Kaggle credentials (if
     configured) are sent to that endpoint's origin only, never to a host a
     redirect leads to (see :func:`hubcache.transport.may_carry_credentials`).
+    ``model_page`` is the Kaggle model's page, for messages (a 403 needs its
+    licence accepted there). ``rpc``, the last route: a POST of this JSON to
+    this URL, Kaggle's RPC API (which also gets the credentials), answered by
+    a redirect to the archive.
     """
 
-    urls: Tuple[str, ...]
-    require_saved_model: bool
-    credentials_for: Optional[str] = None
-    #: The Kaggle model's page, for messages (a 403 needs its licence accepted there).
-    model_page: Optional[str] = None
-    #: The last route: a POST of this JSON to this URL, Kaggle's RPC API (which
-    #: also gets the credentials), answered by a redirect to the archive.
-    rpc: Optional[Tuple[str, str]] = None
+    __slots__ = ("urls", "require_saved_model", "credentials_for", "model_page", "rpc")
+
+    def __init__(
+        self,
+        urls: Tuple[str, ...],
+        require_saved_model: bool,
+        credentials_for: Optional[str] = None,
+        model_page: Optional[str] = None,
+        rpc: Optional[Tuple[str, str]] = None,
+    ) -> None:
+        self.urls, self.require_saved_model, self.credentials_for = urls, require_saved_model, credentials_for
+        self.model_page, self.rpc = model_page, rpc
 
 
-@dataclass(frozen=True)
-class LocationPlan:
+class LocationPlan(Record):
     """TFHUB_MODEL_LOAD_FORMAT=UNCOMPRESSED: ask ``url`` where the model lives
     (a ``gs://`` path in a 303 answer) and read it from there, uncached."""
 
-    url: str
+    __slots__ = ("url",)
+
+    def __init__(self, url: str) -> None:
+        self.url = url
 
 
-@dataclass(frozen=True)
-class LatestPlan:
+class LatestPlan(Record):
     """A Kaggle handle without a version: ask ``url`` (Kaggle's REST "get" of
-    the model instance) for the current version, then plan that version."""
+    the model instance) for the current version, then plan that version;
+    ``rpc`` is the RPC API's GetModelInstance (URL, JSON body), asked when the
+    REST route fails."""
 
-    url: str
-    credentials_for: str
-    #: The RPC API's GetModelInstance (URL, JSON body), asked when the REST route fails.
-    rpc: Optional[Tuple[str, str]] = None
+    __slots__ = ("url", "credentials_for", "rpc")
+
+    def __init__(self, url: str, credentials_for: str, rpc: Optional[Tuple[str, str]] = None) -> None:
+        self.url, self.credentials_for, self.rpc = url, credentials_for, rpc
 
 
-@dataclass(frozen=True)
-class DirectoryPlan:
+class DirectoryPlan(Record):
     """A ``gs://`` directory: list ``listing`` (the storage JSON API) for the
-    objects under ``prefix``, and fetch each from ``objects``/<name>."""
+    objects under ``prefix``, and fetch each from ``objects``/<name>. ``shown``
+    is gs://bucket/path, for messages and the metadata; whether it must hold
+    a SavedModel is judged by what it holds."""
 
-    listing: str
-    objects: str
-    prefix: str
-    shown: str  # gs://bucket/path, for messages and the metadata
-    require_saved_model: bool = False  # judged by what it holds
+    __slots__ = ("listing", "objects", "prefix", "shown", "require_saved_model")
+
+    def __init__(self, listing: str, objects: str, prefix: str, shown: str, require_saved_model: bool = False) -> None:
+        self.listing, self.objects, self.prefix, self.shown = listing, objects, prefix, shown
+        self.require_saved_model = require_saved_model
 
 
 Plan = Union[LocalPlan, ArchivePlan, LocationPlan, LatestPlan, DirectoryPlan]

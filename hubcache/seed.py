@@ -12,7 +12,6 @@ models at a time. Unlike a fetch, a tier that cannot be written is an error.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
@@ -42,7 +41,7 @@ def target_settings(target: str, settings: "Settings") -> "Settings":
     # Named like a download's temporary directory: what a killed seeding leaves is
     # removed by `hubcache prune --temp`.
     scratch = os.path.join(settings.cache_dir, f"seed{TMP_INFIX}{owner_suffix()}")
-    return dataclasses.replace(settings, remote=remote, remote_mode="rw", cache_dir=scratch, readonly_dirs=())
+    return settings.replace(remote=remote, remote_mode="rw", cache_dir=scratch, readonly_dirs=())
 
 
 def seed(

@@ -20,11 +20,11 @@ file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
 from .errors import ArchiveError
 from .pipeline import Cursor
+from .records import Record
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
@@ -95,14 +95,13 @@ class _FieldError(Exception):
     """A malformed field; the reader turns it into an ArchiveError that names the archive."""
 
 
-@dataclass
-class Member:
-    name: str
-    kind: str  # file, dir, symlink, hardlink, device, fifo, sparse, other
-    mode: int
-    size: int
-    linkname: str
-    type: bytes
+class Member(Record):
+    __slots__ = ("name", "kind", "mode", "size", "linkname", "type")
+
+    def __init__(self, name: str, kind: str, mode: int, size: int, linkname: str, type: bytes) -> None:
+        self.name = name
+        self.kind = kind  # file, dir, symlink, hardlink, device, fifo, sparse, other
+        self.mode, self.size, self.linkname, self.type = mode, size, linkname, type
 
 
 def number(raw: bytes) -> int:

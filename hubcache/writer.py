@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Set
 
 from .errors import ArchiveError
@@ -52,14 +51,14 @@ class Reader(Protocol):
         zip member's size may be known only after its data: the reader checks it)."""
 
 
-@dataclass
 class Extracted:
     """What an extraction wrote: regular files (relative path -> size, and ->
     CRC-32 of the content, for later verification) and symlinks."""
 
-    files: Dict[str, int] = field(default_factory=dict)
-    crc32: Dict[str, int] = field(default_factory=dict)
-    links: Dict[str, str] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.files: Dict[str, int] = {}
+        self.crc32: Dict[str, int] = {}
+        self.links: Dict[str, str] = {}
 
 
 _MALICIOUS = "the archive may be malicious, so report it to its publisher"

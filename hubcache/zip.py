@@ -22,8 +22,9 @@ import struct
 import zlib
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+from . import pipeline
 from .errors import ArchiveError
-from .pipeline import DECODE_ERRORS, MAX_SILENT_INPUT, OUT_SIZE, RATIO_FLOOR, Cursor, crc32, zlib_impl
+from .pipeline import MAX_SILENT_INPUT, OUT_SIZE, RATIO_FLOOR, Cursor, crc32
 from .tar import MAX_TRAILER
 from .zipformat import (
     AES_EXTRA,
@@ -233,7 +234,7 @@ class ZipReader:
     def _inflate(self, name: str, csize: Optional[int], usize: Optional[int], counts: List[int]) -> Iterator[bytes]:
         """A raw deflate stream's output. It ends itself: what follows it is put
         back. ``csize``/``usize``: the header's sizes, None if unknown."""
-        d = zlib_impl.decompressobj(-zlib.MAX_WBITS)
+        d = pipeline.zlib_impl.decompressobj(-zlib.MAX_WBITS)
         fed = out = silent = crc = 0
         source, taken = memoryview(b""), 0  # the view the last input came from, and how much of it
         while not d.eof:
@@ -248,7 +249,7 @@ class ZipReader:
                 silent += taken
             try:
                 piece: bytes = d.decompress(data, OUT_SIZE)  # (no data: only what zlib holds may come out)
-            except DECODE_ERRORS as e:
+            except pipeline.DECODE_ERRORS as e:
                 raise self._refused(name, f"has corrupt deflate data ({e})", _DAMAGED) from None
             if piece:
                 out += len(piece)

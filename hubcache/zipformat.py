@@ -4,8 +4,9 @@ description that :mod:`hubcache.zip`'s streaming reader hands the writer."""
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Tuple
+
+from .records import Record
 
 LOCAL_SIG, CENTRAL_SIG, EOCD_SIG = b"PK\x03\x04", b"PK\x01\x02", b"PK\x05\x06"
 ZIP64_EOCD_SIG, ZIP64_LOCATOR_SIG, DESCRIPTOR_SIG = b"PK\x06\x06", b"PK\x06\x07", b"PK\x07\x08"
@@ -46,29 +47,33 @@ def is_zip(head: bytes) -> bool:
     return head.startswith((LOCAL_SIG, EOCD_SIG))
 
 
-@dataclass
-class Member:
+class Member(Record):
     """A zip member, as :class:`hubcache.writer.Member` describes one."""
 
-    name: str
-    kind: str  # file or dir; symlinks are only known at the central directory
-    mode: int  # 0o644: Unix modes are in the central directory, after the data is written
-    size: int  # the local header's size; 0 when it comes after the data (a data descriptor)
-    linkname: str
-    type: bytes
+    __slots__ = ("name", "kind", "mode", "size", "linkname", "type")
+
+    def __init__(self, name: str, kind: str, mode: int, size: int, linkname: str, type: bytes) -> None:
+        self.name = name
+        self.kind = kind  # file or dir; symlinks are only known at the central directory
+        self.mode = mode  # 0o644: Unix modes are in the central directory, after the data is written
+        self.size = size  # the local header's size; 0 when it comes after the data (a data descriptor)
+        self.linkname, self.type = linkname, type
 
 
-@dataclass
 class Streamed:
     """What a member's local header and data were, for the central directory to agree with."""
 
-    raw_name: bytes
-    name: str
-    flags: int
-    method: int
-    offset: int
-    header: Tuple[int, int, int]  # the local header's CRC-32 and sizes (0 if unknown)
-    zip64: bool  # the local header has a zip64 field
-    crc: int = 0
-    csize: int = 0
-    usize: int = 0
+    def __init__(
+        self,
+        raw_name: bytes,
+        name: str,
+        flags: int,
+        method: int,
+        offset: int,
+        header: Tuple[int, int, int],
+        zip64: bool,
+    ) -> None:
+        self.raw_name, self.name, self.flags, self.method, self.offset = raw_name, name, flags, method, offset
+        self.header = header  # the local header's CRC-32 and sizes (0 if unknown)
+        self.zip64 = zip64  # the local header has a zip64 field
+        self.crc = self.csize = self.usize = 0  # the data's, once it is read

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import re
@@ -168,7 +167,7 @@ def _prefetch(args: argparse.Namespace, settings: Settings) -> Result:
     hashes = {h: sha for h, sha in pins.items() if sha}
     bar = total_bar(settings, pins, sizes, args.jobs)
     if bar is not None:
-        settings = dataclasses.replace(settings, progress_hook=bar.hook)
+        settings = settings.replace(progress_hook=bar.hook)
     results: Dict[str, Dict[str, Any]] = {}
     started = time.monotonic()
     try:
