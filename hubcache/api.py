@@ -21,7 +21,7 @@ from .redaction import redact as _redact
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing (2 ms) on the warm path
 
 if TYPE_CHECKING:
-    from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
+    from typing import Any, Dict, Generator, Iterable, Mapping, Optional, Tuple, Union
 
     from .config import Settings
     from .resolvers import LocationPlan
@@ -180,7 +180,7 @@ def prefetch(
 
 def iter_prefetch(
     handles: Iterable[str], settings: Settings, sha256: Mapping[str, str], jobs: int = 1
-) -> Iterator[Tuple[str, Union[str, HubcacheError]]]:
+) -> Generator[Tuple[str, Union[str, HubcacheError]], None, None]:
     """Resolve each handle, ``jobs`` at a time; yields (handle, directory or
     error) as each finishes. A local path is an error: nothing to prefetch.
 

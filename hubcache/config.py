@@ -92,7 +92,7 @@ def load_settings(
         remote_mode=_remote_mode(env),
         remote_timeout=_positive_float(env, "HUBCACHE_REMOTE_TIMEOUT", DEFAULT_REMOTE_TIMEOUT),
         remote_wait=_number(env, "HUBCACHE_REMOTE_WAIT", DEFAULT_REMOTE_WAIT),
-        remote_lease=_positive_float(env, "HUBCACHE_REMOTE_LEASE", DEFAULT_REMOTE_LEASE),
+        remote_lease=_lease(env),
         credentials_environ=tuple((name, env[name]) for name in CREDENTIAL_VARIABLES if name in env),
     )
 
@@ -234,6 +234,17 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
         value = -1.0
     if not (value > 0 and math.isfinite(value)):
         raise ConfigError(f"{name}={raw!r} must be a positive, finite number of seconds.")
+    return value
+
+
+def _lease(env: Mapping[str, str]) -> float:
+    """HUBCACHE_REMOTE_LEASE: a second to a day. Shorter, renewals (every third of
+    it) would flood the store; longer, a dead holder would keep the others waiting."""
+    value = _positive_float(env, "HUBCACHE_REMOTE_LEASE", DEFAULT_REMOTE_LEASE)
+    if not 1 <= value <= 86400:
+        raise ConfigError(
+            f"HUBCACHE_REMOTE_LEASE={env['HUBCACHE_REMOTE_LEASE']!r} is out of range: give 1 to 86400 seconds."
+        )
     return value
 
 

@@ -58,7 +58,7 @@ def remote_entry(
         upstream = functools.partial(_download, how, shown, settings)
         produce = functools.partial(upstream, tee=None)
         # Not when another spelling's entry can be linked: that costs no download at all.
-        shared = _shared_fetch(cache, key, shown, settings, sha256) if linked is None else None
+        shared = _shared_fetch(cache, key, shown, settings, sha256, require) if linked is None else None
         if shared is not None:
             produce = functools.partial(shared.produce, upstream)
     else:
@@ -92,7 +92,7 @@ def remote_entry(
 
 
 def _shared_fetch(
-    cache: "Cache", key: str, shown: str, settings: "Settings", sha256: "Optional[str]"
+    cache: "Cache", key: str, shown: str, settings: "Settings", sha256: "Optional[str]", require_saved_model: bool
 ) -> "Optional[SharedFetch]":
     """This miss's use of the shared tier (HUBCACHE_REMOTE), if one is configured and usable."""
     if settings.remote is None or settings.offline:
@@ -105,7 +105,7 @@ def _shared_fetch(
     if remote is None:
         return None
     spool = cache.entry_dir(key) + TMP_INFIX + owner_suffix()  # a leftover of a killed process is removed
-    return SharedFetch(remote, key, shown, settings, sha256, spool)
+    return SharedFetch(remote, key, shown, settings, sha256, require_saved_model, spool)
 
 
 def _linked_or(

@@ -29,6 +29,11 @@ def target_settings(target: str, settings: "Settings") -> "Settings":
 
     if settings.offline:
         raise ConfigError(f"prefetch --to {target}: HUBCACHE_OFFLINE=1 forbids downloading; unset it to seed a tier.")
+    if settings.load_format == "UNCOMPRESSED":
+        raise ConfigError(
+            f"prefetch --to {target}: TFHUB_MODEL_LOAD_FORMAT=UNCOMPRESSED reads models in place from "
+            "gs://, and a shared tier holds archives: unset it to seed a tier."
+        )
     if "://" not in target:
         remote = os.path.abspath(target)
     else:
@@ -48,41 +53,105 @@ def seed(
     pins: Mapping[str, Optional[str]], settings: "Settings", jobs: int
 ) -> Iterator[Tuple[str, Union[Dict[str, Any], HubcacheError]]]:
     """Put each handle in the tier ``settings`` name (see :func:`target_settings`);
-    yields (handle, its index record, or the error) as each finishes."""
-    from .api import entry_metadata, iter_prefetch
+    yields (handle, its index record, or the error) as each finishes. Once the tier
+    fails, the handles not yet fetched are not: their downloads would be wasted."""
+    from .api import iter_prefetch
     from .fs import remove_tree
-    from .handles import parse
-    from .tier import opened
 
     os.makedirs(settings.cache_dir)
+    done = set()
     try:
-        hashes: Dict[str, str] = {h: sha for h, sha in pins.items() if sha}
-        for handle, outcome in iter_prefetch(pins, settings, hashes, jobs):
-            if isinstance(outcome, HubcacheError):
-                yield handle, outcome
-                continue
-            metadata = entry_metadata(handle, settings) or {}
-            remote = opened(settings)
-            try:
-                record = remote.get_index(os.path.basename(outcome)) if remote is not None else None
-            except RemoteError as e:
-                yield handle, e
-                continue
-            finally:
-                remove_tree(outcome)  # bounded disk: the tier has it now, or never will from here
-            if record is None or record["sha256"] != metadata.get("sha256"):
+        archives = {}
+        for handle, sha in pins.items():
+            refused = _not_an_archive(handle)
+            if refused is not None:
+                done.add(handle)
+                yield handle, refused
+            else:
+                archives[handle] = sha
+        hashes = {h: sha for h, sha in archives.items() if sha}
+        failed: Optional[RemoteError] = None
+        prefetching = iter_prefetch(archives, settings, hashes, jobs)
+        try:
+            for handle, outcome in prefetching:
+                done.add(handle)
+                if isinstance(outcome, HubcacheError):
+                    yield handle, outcome
+                    continue
+                try:
+                    yield handle, _stored(handle, outcome, settings)
+                except RemoteError as e:
+                    failed = e
+                    yield handle, e
+                    break
+                finally:
+                    remove_tree(outcome)  # bounded disk: the tier has it now, or never will from here
+        finally:
+            prefetching.close()  # stops the other downloads
+        for handle in pins:
+            if handle not in done and failed is not None:
+                shown = _shown(handle)
                 yield (
                     handle,
                     RemoteError(
-                        f"{parse(handle).shown} was fetched but is not stored in {settings.remote}: "
-                        "the upload failed (see the warning above). Check the store and its "
-                        "credentials, then run the same command again.",
-                        handle=parse(handle).shown,
-                        operation="PutObject",
-                        reason="not stored",
+                        f"{shown} was not fetched: the shared tier {settings.remote} failed on another "
+                        "handle (see above). Run the same command again once it works.",
+                        handle=shown,
+                        reason="not attempted",
                     ),
                 )
-                continue
-            yield handle, record
     finally:
         remove_tree(settings.cache_dir)
+
+
+def _stored(handle: str, path: str, settings: "Settings") -> Dict[str, Any]:
+    """The tier's index record of ``handle``, fetched into ``path``: as the fetch
+    wrote it, or, for an entry made from another spelling's, written now (its
+    archive is in the tier already). RemoteError if the tier does not hold it."""
+    from .api import entry_metadata
+    from .tier import has_blob, index_record, opened
+
+    shown = _shown(handle)
+    metadata = entry_metadata(handle, settings) or {}
+    sha256, size = metadata.get("sha256"), metadata.get("bytes")
+    remote = opened(settings)
+    if remote is not None:
+        key = os.path.basename(path)
+        record = remote.get_index(key)
+        if record is not None and record["sha256"] == sha256:
+            return record
+        if isinstance(sha256, str) and isinstance(size, int) and has_blob(remote, sha256, size):
+            record = index_record(sha256, size, shown, str(metadata.get("downloaded_from", "")), remote)
+            remote.put_index(key, record)
+            return record
+    raise RemoteError(
+        f"{shown} was fetched but is not stored in {settings.remote}: the shared tier could not be "
+        "written (see the warning above). Check the store and its credentials, then run the same "
+        "command again.",
+        handle=shown,
+        reason="not stored",
+    )
+
+
+def _not_an_archive(handle: str) -> Optional[HubcacheError]:
+    """Why ``handle`` cannot go in a tier before anything is fetched, or None (a
+    malformed handle is left for the fetch to report)."""
+    from .handles import GCS_DIR, parse
+
+    try:
+        kind = parse(handle).kind
+    except HubcacheError:
+        return None
+    if kind != GCS_DIR:
+        return None
+    return ConfigError(
+        f"{_shown(handle)} is a gs:// directory, not an archive: a shared tier holds downloaded "
+        "archives only. Prefetch it into a cache (without --to), or use its archive's URL.",
+        handle=_shown(handle),
+    )
+
+
+def _shown(handle: str) -> str:
+    from .redaction import redact
+
+    return redact(handle)

@@ -55,7 +55,7 @@ _warned: Set[str] = set()  # stores whose failure has been shown (once per proce
 
 
 def opened(settings: "Settings") -> "Optional[Remote]":
-    """The configured store, opened once per process (a boto3 client costs ~50 ms);
+    """The configured store, opened once per process (a botocore client costs ~100 ms);
     None when there is none, when offline, or while a failed one is left alone."""
     from .remote import open_remote
 
@@ -102,6 +102,7 @@ class SharedFetch:
         shown: str,
         settings: "Settings",
         pin: Optional[str],
+        require_saved_model: bool,
         spool_path: str,
     ) -> None:
         from .remote import lease_owner
@@ -109,6 +110,7 @@ class SharedFetch:
         self.remote, self.key, self.shown, self.settings = remote, key, shown, settings
         self.store = remote.url
         self.pin = pin.lower() if pin else None
+        self.require_saved_model = require_saved_model
         self.owner = lease_owner()
         self.spool_path = spool_path
         self.usable = True  # False once the store failed: nothing more is asked of it
@@ -130,13 +132,14 @@ class SharedFetch:
             found = self._from_tier(dest)
             if found is not None:
                 return found
-        except RemoteError as e:
+        except RemoteError as e:  # e.g. a blob read cut short: what it extracted goes
             self._failed(e)
+            _empty(dest)
         return self._upstream(upstream, dest)
 
     def _from_tier(self, dest: str) -> Optional[Dict[str, Any]]:
         record = self.indexed = self.remote.get_index(self.key)
-        if record is None and not self.remote.read_only and self.remote.probe_conditional_writes():
+        if record is None and self.remote.probe_conditional_writes():  # (False in read-only mode)
             record = self.indexed = self._wait_or_lease()
         if record is None:
             return None
@@ -184,7 +187,7 @@ class SharedFetch:
         """Extract the indexed blob into ``dest``; None (and ``dest`` emptied) when
         the blob is missing or is not, byte for byte, what the index says."""
         from .archive import extract
-        from .fs import remove_tree
+        from .layout import check_content
 
         sha256, size = record["sha256"], record["size"]
         self.damaged = sha256  # until it is read whole and checked
@@ -213,13 +216,15 @@ class SharedFetch:
             extracted = extract(chunks(), dest, handle=self.shown, limits=self.settings.limits())
             if got != size or digest.hexdigest() != sha256:
                 raise _UnusableError(f"its SHA-256 is {digest.hexdigest()} ({got} bytes), not {sha256}")
+            problem = check_content(extracted.files, self.require_saved_model)
+            if problem:  # the right bytes of the wrong archive: an index written by a bad hand
+                raise _UnusableError(f"it {problem}")
         except (_UnusableError, ArchiveError) as e:
             log.warning(
                 "The blob %s in the shared tier %s is damaged (%s); not using it for %s.",
                 sha256, self.store, e, self.shown,
             )  # fmt: skip
-            for name in os.listdir(dest):
-                remove_tree(os.path.join(dest, name))
+            _empty(dest)
             return None
         finally:
             blob.close()
@@ -227,7 +232,7 @@ class SharedFetch:
         seconds = max(time.monotonic() - started, 1e-6)
         log.info("Read %s from the shared tier %s: %.1f MiB in %.1f s", self.shown, self.store, size / 2**20, seconds)
         return {
-            "source_url": record["source"],
+            "source_url": record["source"] if record["source"].isprintable() else "",  # no escapes for `info`
             "downloaded_from": f"{self.store} (shared tier)",
             "bytes": size,
             "sha256": sha256,
@@ -300,7 +305,6 @@ class SharedFetch:
         return self._streaming.size
 
     def _upload(self, streamed: Optional[int]) -> None:
-        from .cache import utc_iso
 
         sha256, size = self.made["sha256"], self.made["bytes"]
         if self.indexed is None and not self._holding.is_set():  # raced without a lease: done by another?
@@ -311,21 +315,13 @@ class SharedFetch:
         if self._streaming is not None:
             if streamed != size:
                 return
-        elif sha256 != self.damaged and _has_blob(self.remote, sha256, size):
+        elif sha256 != self.damaged and has_blob(self.remote, sha256, size):
             log.debug("The shared tier has the blob of %s already (another spelling's upload)", self.shown)
         elif not self._put_blob(sha256, size):
             return
         if self.indexed is None or self.indexed["sha256"] != sha256:
-            record = {
-                "format": 1,
-                "sha256": sha256,
-                "size": size,
-                "handle": self.shown,
-                "source": self.made.get("downloaded_from", ""),
-                "time": utc_iso(),
-                "uploader": self.owner,
-            }
-            self.remote.put_index(self.key, record)
+            source = self.made.get("downloaded_from", "")
+            self.remote.put_index(self.key, index_record(sha256, size, self.shown, source, self.remote, self.owner))
         seconds = max(time.monotonic() - started, 1e-6)
         how = "while downloading it" if self._streaming is not None else f"in {seconds:.1f} s"
         log.info("Uploaded %s to the shared tier %s: %.1f MiB %s", self.shown, self.store, size / 2**20, how)
@@ -371,13 +367,38 @@ class SharedFetch:
         failed(self.settings.remote or self.store, error)
 
 
-def _has_blob(remote: "Remote", sha256: str, size: int) -> bool:
+def index_record(
+    sha256: str, size: int, shown: str, source: str, remote: "Remote", owner: Optional[str] = None
+) -> Dict[str, Any]:
+    """The index record of an archive this machine put (or found) in the tier."""
+    from .cache import utc_iso
+    from .remote import INDEX_FORMAT, lease_owner
+
+    return {
+        "format": INDEX_FORMAT,
+        "sha256": sha256,
+        "size": size,
+        "handle": shown,
+        "source": source,
+        "time": utc_iso(),
+        "uploader": owner or lease_owner(),
+    }
+
+
+def has_blob(remote: "Remote", sha256: str, size: int) -> bool:
     """Whether the store has a blob of that hash and size (its bytes are checked by readers)."""
     blob = remote.open_blob(sha256)
     if blob is None:
         return False
     blob.close()
     return blob.size == size
+
+
+def _empty(dest: str) -> None:
+    from .fs import remove_tree
+
+    for name in os.listdir(dest):
+        remove_tree(os.path.join(dest, name))
 
 
 class _UnusableError(Exception):

@@ -92,6 +92,8 @@ def test_settings_of_the_shared_tier():
         ("HUBCACHE_REMOTE_MODE", "readwrite", "rw"),
         ("HUBCACHE_REMOTE_TIMEOUT", "0", "positive"),
         ("HUBCACHE_REMOTE_WAIT", "-1", ">= 0"),
+        ("HUBCACHE_REMOTE_LEASE", "1e8", "1 to 86400"),
+        ("HUBCACHE_REMOTE_LEASE", "0.001", "1 to 86400"),
     ],
 )
 def test_bad_shared_tier_settings_name_the_variable(variable, value, words):

@@ -23,7 +23,7 @@ except ImportError:
 
 from s3proxy import Relay, Silent, closed_port  # noqa: E402
 
-from archives import fake_saved_model, read_tree  # noqa: E402
+from archives import Member, fake_saved_model, make_tar, read_tree  # noqa: E402
 from helpers import child_env, result_of, run_cli, s3, spawn_resolver  # noqa: E402
 
 HANDLE_PATH = "google/tiny/1"
@@ -307,7 +307,9 @@ def test_a_store_that_ignores_conditional_creates_runs_without_leases(hub, tier,
         relay.close()
     results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
     assert all(r["ok"] for r in results), outs
-    assert all("without leases" in err for _, err in outs), [err for _, err in outs]
+    assert any("without leases" in err for _, err in outs), [
+        err for _, err in outs
+    ]  # (a later node may find the index)
     assert len({json.dumps(read_tree(r["path"]), default=str, sort_keys=True) for r in results}) == 1
     hub.storage.wait_idle()
     assert 1 <= hub.storage.completed(blob) <= 3
@@ -315,3 +317,80 @@ def test_a_store_that_ignores_conditional_creates_runs_without_leases(hub, tier,
     assert stored[f"v1/blobs/sha256/{hashlib.sha256(archive).hexdigest()}"] == archive
     assert not [n for n in stored if n.startswith("v1/leases/")], sorted(stored)
     assert json.loads(stored["v1/probe/result.json"])["conditional_writes"] is False  # for the next machines
+
+
+def test_a_blob_read_that_the_store_cuts_goes_upstream_cleanly(hub, tier, server, bucket, tmp_path):
+    """The store goes away in the middle of a blob: the read gives up after its
+    resumes, and the half-extracted files must not spoil the download that follows."""
+    archive = fake_saved_model(seed=8, size=1 << 20)
+    blob = hub.publish_tfhub(HANDLE_PATH, archive)
+    assert resolve(hub, node(tier, tmp_path / "seeder"))["ok"]
+    relay = Relay(int(server.rsplit(":", 1)[1]), cut_after=256 << 10, cuts=1000)  # each connection: 256 KiB
+    try:
+        proc = spawn_resolver(handle(hub), node(tier, tmp_path / "node", HUBCACHE_REMOTE_ENDPOINT=relay.endpoint))
+        deadline = time.monotonic() + 60
+        while relay.connections < 2:  # the blob is being resumed
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.005)
+    finally:
+        relay.close()  # the store is gone: every resume is refused
+    out, err = proc.communicate(timeout=120)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["ok"], (result, err[-2000:])
+    assert read_tree(result["path"]) == read_tree(resolve(hub, node(tier, tmp_path / "seeder"))["path"])
+    hub.storage.wait_idle()
+    assert "cannot be used" in err, err[-2000:]
+    assert hub.storage.completed(blob) == 2
+
+
+def test_an_index_naming_an_archive_that_is_no_model_is_not_used(hub, tier, server, bucket, tmp_path):
+    """The right bytes of the wrong archive (an index written by a bad hand), for a
+    handle that must be a SavedModel: the node goes upstream instead of failing,
+    and repairs the index."""
+    from hubcache.handles import parse
+
+    archive = fake_saved_model(seed=9)
+    blob = hub.publish_tfhub(HANDLE_PATH, archive)
+    slug = "google/tiny/tensorFlow2/tiny/1"
+    slug_key = parse(slug).cache_key
+    junk = make_tar([Member("readme.txt", b"not a model")])
+    junk_sha = hashlib.sha256(junk).hexdigest()
+    client = s3(server)
+    client.put_object(Bucket=bucket, Key=f"{PREFIX}/v1/blobs/sha256/{junk_sha}", Body=junk)
+    wrong = {
+        "format": 1,
+        "sha256": junk_sha,
+        "size": len(junk),
+        "handle": "h",
+        "source": "s",
+        "time": "t",
+        "uploader": "u",
+    }
+    client.put_object(Bucket=bucket, Key=f"{PREFIX}/v1/index/{slug_key}.json", Body=json.dumps(wrong).encode())
+    result = result_of(spawn_resolver(slug, node(tier, tmp_path / "node")))
+    assert result["ok"], result
+    assert "saved_model.pb" in read_tree(result["path"])
+    hub.storage.wait_idle()
+    assert hub.storage.completed(blob) == 1
+    record = json.loads(objects(server, bucket)[f"v1/index/{slug_key}.json"])
+    assert record["sha256"] == hashlib.sha256(archive).hexdigest()
+
+
+def test_prefetch_to_stores_two_spellings_of_one_model_and_refuses_directories(hub, tier, server, bucket, tmp_path):
+    archive = fake_saved_model(seed=10)
+    hub.publish_tfhub(HANDLE_PATH, archive)  # also Kaggle's google/tiny/tensorFlow2/tiny/1
+    slug = "google/tiny/tensorFlow2/tiny/1"
+    seeder = node(tier, tmp_path / "seeder")
+    to = tier["HUBCACHE_REMOTE"]
+    r = run_cli("prefetch", "--to", to, "-j", "2", handle(hub), slug, "--json", env=seeder)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [line["ok"] for line in json.loads(r.stdout)] == [True, True]
+    stored = objects(server, bucket)
+    assert len([n for n in stored if n.startswith("v1/index/")]) == 2
+    assert len([n for n in stored if n.startswith("v1/blobs/")]) == 1
+    before = hub.storage.count()
+    r = run_cli("prefetch", "--to", to, "gs://tfhub-modules/google/tiny/1/uncompressed", env=seeder)
+    assert r.returncode == 1 and "not an archive" in r.stderr, r.stderr
+    assert hub.storage.count() == before, "a directory was downloaded before being refused"
+    r = run_cli("prefetch", "--to", to, handle(hub), env={**seeder, "TFHUB_MODEL_LOAD_FORMAT": "UNCOMPRESSED"})
+    assert r.returncode == 2 and "UNCOMPRESSED" in r.stderr, r.stderr
