@@ -73,5 +73,10 @@ class Spool:
 
     def _give_up(self, error: OSError) -> None:
         if not self._broken:
-            log.warning("Cannot keep a copy of %s for the shared tier (%s); not uploading it.", self._shown, error)
+            no_copy(self._shown, error)
         self._broken = True
+
+
+def no_copy(shown: str, error: OSError) -> None:
+    """Say that the download of ``shown`` goes on without a copy for the upload."""
+    log.warning("Cannot keep a copy of %s for the shared tier (%s); not uploading it.", shown, error)

@@ -242,14 +242,14 @@ class SharedFetch:
         }
 
     def _upstream(self, upstream: Upstream, dest: str) -> Dict[str, Any]:
-        from .spool import Spool
+        from .spool import Spool, no_copy
 
         if not self._uploading():
             return upstream(dest, None)
         try:
             spool = Spool(self.spool_path, self.shown)
         except OSError as e:
-            log.warning("Cannot keep a copy of %s for the shared tier (%s); not uploading it.", self.shown, e)
+            no_copy(self.shown, e)
             return upstream(dest, None)
         if self.pin:  # the blob's name is known: upload it while it downloads
             self._streaming = _Upload(self.remote, self.pin, spool.follow())

@@ -168,6 +168,11 @@ class _HopError(Exception):
         self.url, self.error = url, error
 
 
+def _no_netrc(request: Any) -> Any:
+    """No credentials of requests' own choosing: hubcache attaches its own, by its rule."""
+    return request
+
+
 class _Session(requests.Session):
     """A session that never follows redirects itself. Even with
     ``allow_redirects=False``, ``Session.send`` asks ``resolve_redirects`` for
@@ -298,12 +303,14 @@ class Transport:
         try:
             if scheme not in ("http", "https"):
                 raise requests.exceptions.InvalidSchema(f"{scheme}:// is not http(s)")
+            # auth=_no_netrc: requests would otherwise add a ~/.netrc entry's password (its
+            # `default` entry to every host), outside the credentials rule below.
             if post is None:
-                prepared = self.session.prepare_request(requests.Request("GET", url, headers=headers))
+                prepared = self.session.prepare_request(requests.Request("GET", url, headers=headers, auth=_no_netrc))
             else:
                 json_headers = dict(headers, **{"Content-Type": "application/json"})
                 prepared = self.session.prepare_request(
-                    requests.Request("POST", url, headers=json_headers, data=post.encode())
+                    requests.Request("POST", url, headers=json_headers, data=post.encode(), auth=_no_netrc)
                 )
             assert prepared.url is not None
             carries = self.credentials is not None and may_carry_credentials(prepared.url, self.allowed)

@@ -1,5 +1,5 @@
 """The shared tier on an S3-compatible store (AWS S3, MinIO, Ceph RGW, R2, GCS's
-S3 interoperability), with boto3.
+S3 interoperability), with botocore (boto3's core; the extra installs boto3).
 
 Imported only when ``HUBCACHE_REMOTE`` is set. Credentials, region and (unless
 ``HUBCACHE_REMOTE_ENDPOINT`` is set) the endpoint come from the AWS SDK's own
