@@ -394,3 +394,24 @@ def test_prefetch_to_stores_two_spellings_of_one_model_and_refuses_directories(h
     assert hub.storage.count() == before, "a directory was downloaded before being refused"
     r = run_cli("prefetch", "--to", to, handle(hub), env={**seeder, "TFHUB_MODEL_LOAD_FORMAT": "UNCOMPRESSED"})
     assert r.returncode == 2 and "UNCOMPRESSED" in r.stderr, r.stderr
+
+
+def test_prefetch_to_stops_once_the_tier_fails(hub, tier, server, tmp_path):
+    first = hub.publish_tfhub(HANDLE_PATH, fake_saved_model(seed=11))
+    second = hub.publish_tfhub("google/other/1", fake_saved_model(seed=12))
+    to = f"s3://no-such-bucket-{os.getpid()}/{PREFIX}"
+    r = run_cli(
+        "prefetch",
+        "--to",
+        to,
+        handle(hub),
+        f"{hub.tfhub.url}/google/other/1",
+        "--json",
+        env=node(tier, tmp_path / "seeder"),
+    )
+    assert r.returncode == 1
+    lines = json.loads(r.stdout)
+    assert [line["ok"] for line in lines] == [False, False]
+    assert "not stored" in lines[0]["error"] and "not fetched" in lines[1]["error"], lines
+    hub.storage.wait_idle()
+    assert (hub.storage.completed(first), hub.storage.completed(second)) == (1, 0)
