@@ -21,6 +21,7 @@ an index is size-bounded and validated, and a blob is checked by its reader.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -29,6 +30,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Dict, Iterable, Iterator, Optio
 
 if TYPE_CHECKING:
     from ..config import Settings
+
+log = logging.getLogger("hubcache")
 
 #: The layout's version: the first segment under the prefix.
 LAYOUT = "v1"
@@ -163,6 +166,22 @@ def check_index(data: Any) -> Optional[Dict[str, Any]]:
             return None
         record[name] = value
     return record
+
+
+def index_from(raw: bytes, store: str, key: str) -> Optional[Dict[str, Any]]:
+    """The index record in a store's object ``raw``, or None (with a warning) when it is not one."""
+    record = check_index(parse_record(raw))
+    if record is None:
+        log.warning("The shared tier %s has a damaged index record for entry %s; ignoring it", store, key)
+    return record
+
+
+def index_bytes(record: Dict[str, Any]) -> bytes:
+    """``record`` as stored, once checked (ValueError if it is not an index record)."""
+    checked = check_index(record)
+    if checked is None:
+        raise ValueError(f"not an index record: {record!r}")
+    return json.dumps(checked, sort_keys=True, indent=1).encode()
 
 
 def parse_record(raw: bytes) -> Any:

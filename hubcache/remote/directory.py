@@ -21,7 +21,7 @@ from contextlib import contextmanager, suppress
 from typing import Any, BinaryIO, Dict, Iterable, Iterator, Optional, Tuple, Union
 
 from ..errors import IntegrityError, RemoteError
-from . import LAYOUT, MAX_BLOB_BYTES, MAX_RECORD_BYTES, check_index, check_key, check_sha256, parse_record
+from . import LAYOUT, MAX_BLOB_BYTES, MAX_RECORD_BYTES, check_key, check_sha256, index_bytes, index_from, parse_record
 
 log = logging.getLogger("hubcache")
 
@@ -47,19 +47,11 @@ class DirectoryRemote:
     def get_index(self, key: str) -> Optional[Dict[str, Any]]:
         with self._guard("read an index record"):
             found = _read_record(self._path("index", check_key(key) + ".json"))
-        if found is None:
-            return None
-        record = check_index(parse_record(found[1]))
-        if record is None:
-            log.warning("The shared tier %s has a damaged index record for entry %s; ignoring it", self.url, key)
-        return record
+        return None if found is None else index_from(found[1], self.url, key)
 
     def put_index(self, key: str, record: Dict[str, Any]) -> None:
         self._writable("write an index record")
-        checked = check_index(record)
-        if checked is None:
-            raise ValueError(f"not an index record: {record!r}")
-        body = json.dumps(checked, sort_keys=True, indent=1).encode()
+        body = index_bytes(record)
         with self._guard("write an index record"):
             self._publish(self._path("index", check_key(key) + ".json"), [body])
 

@@ -21,7 +21,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, BinaryIO, Dict, Iterable, Iterator, Optional, Tuple, Type, Union
 
 from ..errors import RemoteError
-from . import MAX_RECORD_BYTES, check_index, check_key, check_sha256, layout_key, parse_record
+from . import MAX_RECORD_BYTES, check_key, check_sha256, index_bytes, index_from, layout_key, parse_record
 from .s3blobs import S3Blob, upload
 
 log = logging.getLogger("hubcache")
@@ -101,19 +101,11 @@ class S3Remote:
 
     def get_index(self, key: str) -> Optional[Dict[str, Any]]:
         found = self._get_record(self._key("index", check_key(key) + ".json"))
-        if found is None:
-            return None
-        record = check_index(parse_record(found[0]))
-        if record is None:
-            log.warning("The shared tier %s has a damaged index record for entry %s; ignoring it", self.url, key)
-        return record
+        return None if found is None else index_from(found[0], self.url, key)
 
     def put_index(self, key: str, record: Dict[str, Any]) -> None:
         self._writable("write an index record")
-        checked = check_index(record)
-        if checked is None:
-            raise ValueError(f"not an index record: {record!r}")
-        body = json.dumps(checked, sort_keys=True, indent=1).encode()
+        body = index_bytes(record)
         self.call("PutObject", Key=self._key("index", check_key(key) + ".json"), Body=body, ContentType=_JSON)
 
     # -- blobs ---------------------------------------------------------------
