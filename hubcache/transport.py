@@ -168,8 +168,15 @@ class _HopError(Exception):
         self.url, self.error = url, error
 
 
-def _no_netrc(request: Any) -> Any:
-    """No credentials of requests' own choosing: hubcache attaches its own, by its rule."""
+def _auth_of(url: str) -> Any:
+    """The URL's own user:password, for its own host; never a ~/.netrc entry, which
+    requests would otherwise add (its `default` entry to every host), outside the
+    credentials rule (and in place of the URL's own)."""
+    user, password = requests.utils.get_auth_from_url(url)
+    return (user, password) if user or password else _no_auth
+
+
+def _no_auth(request: Any) -> Any:
     return request
 
 
@@ -303,14 +310,13 @@ class Transport:
         try:
             if scheme not in ("http", "https"):
                 raise requests.exceptions.InvalidSchema(f"{scheme}:// is not http(s)")
-            # auth=_no_netrc: requests would otherwise add a ~/.netrc entry's password (its
-            # `default` entry to every host), outside the credentials rule below.
+            auth = _auth_of(url)
             if post is None:
-                prepared = self.session.prepare_request(requests.Request("GET", url, headers=headers, auth=_no_netrc))
+                prepared = self.session.prepare_request(requests.Request("GET", url, headers=headers, auth=auth))
             else:
                 json_headers = dict(headers, **{"Content-Type": "application/json"})
                 prepared = self.session.prepare_request(
-                    requests.Request("POST", url, headers=json_headers, data=post.encode(), auth=_no_netrc)
+                    requests.Request("POST", url, headers=json_headers, data=post.encode(), auth=auth)
                 )
             assert prepared.url is not None
             carries = self.credentials is not None and may_carry_credentials(prepared.url, self.allowed)
