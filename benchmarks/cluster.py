@@ -81,7 +81,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [HERE, os.path.join(REPO, "tests")]
 
-from speed import _gzip_tar, _random_blocks  # noqa: E402
+from speed import _gzip_tar, _print_table, _random_blocks  # noqa: E402
 
 from hubserver import FakeHub  # noqa: E402
 
@@ -509,14 +509,6 @@ def measure(cluster, args, scenario, run, env, expected, logs, s3, bucket, probl
 
 
 # ------------------------------------------------------------------------ report
-
-
-def _print_table(headers, rows):
-    print("| " + " | ".join(headers) + " |")
-    print("|" + "---|" * len(headers))
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
-    print(flush=True)
 
 
 def report(rows, nodes):

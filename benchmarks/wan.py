@@ -42,20 +42,21 @@ import ctypes
 import importlib.util
 import json
 import os
-import random
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 MIB = 1 << 20
+sys.path.insert(0, HERE)
+
+from speed import _gzip_tar, _print_table, _random_blocks  # noqa: E402
+
 PREFIX = "hcb"  # every namespace and link this benchmark makes: hcb-<pid>, hcb<pid>a, hcb<pid>b
 
 # --------------------------------------------------------------------- workload
@@ -68,45 +69,14 @@ def build(work, size_mib):
     each = size_mib * MIB // 8
     if not os.path.exists(path):
         print(f"building {path} ...", file=sys.stderr, flush=True)
-        comp = zlib.compressobj(1, zlib.DEFLATED, 31)
-        with open(path + ".part", "wb") as out:
-
-            class Sink:
-                def write(self, b):
-                    out.write(comp.compress(b))
-                    return len(b)
-
-            with tarfile.open(fileobj=Sink(), mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                _add(tar, "saved_model.pb", 1000, iter([b"x" * 1000]))
-                info = tarfile.TarInfo("variables")
-                info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1_700_000_000
-                tar.addfile(info)
-                for i in range(8):
-                    rng = random.Random(i)
-                    blocks = (rng.randbytes(MIB) for _ in range(each // MIB))
-                    _add(tar, f"variables/variables.data-{i:05d}-of-00008", each, blocks)
-            out.write(comp.flush())
+        members = [("saved_model.pb", b"x" * 1000, 1000), ("variables", None, 0)]
+        members += [
+            (f"variables/variables.data-{i:05d}-of-00008", (lambda i=i: _random_blocks(each, i, False)), each)
+            for i in range(8)
+        ]
+        _gzip_tar(path + ".part", members, level=1)
         os.replace(path + ".part", path)
     return path, 1000 + 8 * each
-
-
-def _add(tar, name, size, blocks):
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime = size, 1_700_000_000
-
-    class Reader:
-        buf = b""
-
-        def read(self, n=-1):
-            while len(self.buf) < n:
-                more = next(blocks, b"")
-                if not more:
-                    break
-                self.buf += more
-            out, self.buf = self.buf[:n], self.buf[n:]
-            return out
-
-    tar.addfile(info, Reader())
 
 
 # ---------------------------------------------------------------------- network
@@ -364,8 +334,7 @@ def print_table(title, results, size, unthrottled):
     print(f"**{title}**\n")
     headers = ("tool", "median s", "MB/s", "vs hubcache", "vs unthrottled hubcache", "fetch s (after imports)")
     headers += ("connections", "GETs", "MiB served")
-    print("| " + " | ".join(headers) + " |")
-    print("|" + "---|" * len(headers))
+    rows = []
     for tool, r in results.items():
         s = r["seconds"]
         row = (
@@ -379,8 +348,8 @@ def print_table(title, results, size, unthrottled):
             r["gets"],
             f"{r['bytes'] / MIB:.0f}",
         )
-        print("| " + " | ".join(str(c) for c in row) + " |")
-    print(flush=True)
+        rows.append(row)
+    _print_table(headers, rows)
 
 
 def _terminate(signum, _frame):
