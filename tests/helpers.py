@@ -82,3 +82,19 @@ def s3(endpoint):
     import boto3
 
     return boto3.client("s3", endpoint_url=endpoint)
+
+
+def index_record(data=b"archive", **extra):
+    """A valid index record of the shared tier for an archive of bytes ``data``."""
+    import hashlib
+
+    return {
+        "format": 1,
+        "handle": "https://tfhub.dev/google/nnlm-en-dim128/2",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+        "source": "https://storage.googleapis.com/tfhub-modules/google/nnlm-en-dim128/2.tar.gz",
+        "time": "2026-11-24T20:00:00Z",
+        "uploader": "node-1:4242",
+        **extra,
+    }

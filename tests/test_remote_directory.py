@@ -24,22 +24,10 @@ from hubcache.remote.directory import CHUNK, DirectoryRemote
 from hubcache.remote.s3 import S3Remote
 
 from helpers import child_env, s3
+from helpers import index_record as record
 
 KEY = hashlib.sha1(b"https://tfhub.dev/google/nnlm-en-dim128/2").hexdigest()
 PREFIX = "team/models"
-
-
-def record(data=b"archive", **extra):
-    return {
-        "format": 1,
-        "handle": "https://tfhub.dev/google/nnlm-en-dim128/2",
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size": len(data),
-        "source": "https://storage.googleapis.com/tfhub-modules/google/nnlm-en-dim128/2.tar.gz",
-        "time": "2026-11-24T20:00:00Z",
-        "uploader": "node-1:4242",
-        **extra,
-    }
 
 
 def tree(root):

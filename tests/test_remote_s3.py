@@ -32,6 +32,7 @@ from hubcache.remote.s3 import S3Remote  # noqa: E402
 from hubcache.remote.s3blobs import CHUNK, PART_SIZE  # noqa: E402
 
 from helpers import REPO, child_env, s3  # noqa: E402
+from helpers import index_record as record  # noqa: E402
 
 KEY = hashlib.sha1(b"https://tfhub.dev/google/nnlm-en-dim128/2").hexdigest()
 PREFIX = "team/models"
@@ -44,19 +45,6 @@ def remote(endpoint, bucket, **kwargs):
 
 def keys(endpoint, bucket):
     return sorted(o["Key"] for o in s3(endpoint).list_objects_v2(Bucket=bucket).get("Contents", []))
-
-
-def record(data=b"archive", **extra):
-    return {
-        "format": 1,
-        "handle": "https://tfhub.dev/google/nnlm-en-dim128/2",
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size": len(data),
-        "source": "https://storage.googleapis.com/tfhub-modules/google/nnlm-en-dim128/2.tar.gz",
-        "time": "2026-11-24T20:00:00Z",
-        "uploader": "node-1:4242",
-        **extra,
-    }
 
 
 # -- settings ------------------------------------------------------------------
