@@ -16,6 +16,7 @@ import os
 from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 from .errors import ConfigError, HubcacheError, RemoteError
+from .redaction import redact
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -90,7 +91,7 @@ def seed(
             prefetching.close()  # stops the other downloads
         for handle in pins:
             if handle not in done and failed is not None:
-                shown = _shown(handle)
+                shown = redact(handle)
                 yield (
                     handle,
                     RemoteError(
@@ -111,7 +112,7 @@ def _stored(handle: str, path: str, settings: "Settings") -> Dict[str, Any]:
     from .api import entry_metadata
     from .tier import has_blob, index_record, opened
 
-    shown = _shown(handle)
+    shown = redact(handle)
     metadata = entry_metadata(handle, settings) or {}
     sha256, size = metadata.get("sha256"), metadata.get("bytes")
     remote = opened(settings)
@@ -145,13 +146,7 @@ def _not_an_archive(handle: str) -> Optional[HubcacheError]:
     if kind != GCS_DIR:
         return None
     return ConfigError(
-        f"{_shown(handle)} is a gs:// directory, not an archive: a shared tier holds downloaded "
+        f"{redact(handle)} is a gs:// directory, not an archive: a shared tier holds downloaded "
         "archives only. Prefetch it into a cache (without --to), or use its archive's URL.",
-        handle=_shown(handle),
+        handle=redact(handle),
     )
-
-
-def _shown(handle: str) -> str:
-    from .redaction import redact
-
-    return redact(handle)
