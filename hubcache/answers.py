@@ -1,12 +1,15 @@
 """Reading what servers answer: the progress floor every read is held to
 (:class:`Floor`, ``HUBCACHE_MIN_RATE`` over ``HUBCACHE_MIN_RATE_WINDOW``), and
-small answers read whole under it (:func:`read_small`, :func:`get_json`).
-Archive bodies are :mod:`hubcache.download`'s.
+small answers read whole under it (:func:`read_small`, :func:`get_json`), and
+the headers that say which bytes of which version an answer holds. Archive
+bodies are :mod:`hubcache.download`'s.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import re
 import time
 from typing import Any, Optional, Tuple
 
@@ -16,6 +19,14 @@ import urllib3
 from .config import Settings
 from .errors import DownloadError
 from .transport import Transport, http_error, reason, redact
+
+#: What reading a body may raise when the connection fails.
+READ_ERRORS = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+)
 
 
 class Floor:
@@ -70,7 +81,7 @@ def read_small(transport: Transport, response: requests.Response, limit: int, ur
     while len(got) <= limit:
         try:
             piece = read(min(64 << 10, limit + 1 - len(got)))
-        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as e:
+        except READ_ERRORS as e:
             raise DownloadError(
                 f"{redact(url)} did not finish its answer for {transport.handle} ({reason(e, transport.settings)}): "
                 "try again later.",
@@ -88,3 +99,25 @@ def read_small(transport: Transport, response: requests.Response, limit: int, ur
                 url=redact(url),
             )
     return bytes(got)
+
+
+def content_length(response: requests.Response) -> Optional[int]:
+    length = response.headers.get("Content-Length", "")
+    return int(length) if length.isascii() and length.isdigit() else None
+
+
+def content_range(value: str) -> Tuple[Optional[int], Optional[int]]:
+    """(first byte, full size) from ``bytes first-last/size`` (size may be ``*``)."""
+    m = re.fullmatch(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)\s*", value, re.ASCII)
+    if not m:
+        return None, None
+    return int(m.group(1)), (int(m.group(2)) if m.group(2) != "*" else None)
+
+
+def archive_changed(handle: str, url: str) -> DownloadError:
+    """Parts of two versions of an archive must never be stitched together."""
+    return DownloadError(
+        f"the archive of {handle} changed on the server during the download; try again to fetch the new one.",
+        handle=handle,
+        url=redact(url),
+    )

@@ -24,6 +24,7 @@ from .layout import CACHE_DIR_VARIABLES, cache_root, configured_root
 from .settings import (
     DEFAULT_BACKOFF,
     DEFAULT_CN_MIRROR_ENDPOINT,
+    DEFAULT_CONNECTIONS,
     DEFAULT_GCS_ENDPOINT,
     DEFAULT_KAGGLE_API_ENDPOINT,
     DEFAULT_KAGGLE_ENDPOINT,
@@ -93,6 +94,7 @@ def load_settings(
         remote_timeout=_positive_float(env, "HUBCACHE_REMOTE_TIMEOUT", DEFAULT_REMOTE_TIMEOUT),
         remote_wait=_number(env, "HUBCACHE_REMOTE_WAIT", DEFAULT_REMOTE_WAIT),
         remote_lease=_lease(env),
+        connections=_connections(env),
         credentials_environ=tuple((name, env[name]) for name in CREDENTIAL_VARIABLES if name in env),
     )
 
@@ -118,6 +120,7 @@ SETTING_VARIABLES = (
     ("max_ratio", ("HUBCACHE_MAX_RATIO",)),
     ("min_rate", ("HUBCACHE_MIN_RATE",)),
     ("min_rate_window", ("HUBCACHE_MIN_RATE_WINDOW",)),
+    ("connections", ("HUBCACHE_CONNECTIONS",)),
     ("latest_interval", ("HUBCACHE_LATEST_INTERVAL",)),
     ("remote", ("HUBCACHE_REMOTE",)),
     ("remote_endpoint", ("HUBCACHE_REMOTE_ENDPOINT",)),
@@ -244,6 +247,22 @@ def _lease(env: Mapping[str, str]) -> float:
     if not 1 <= value <= 86400:
         raise ConfigError(
             f"HUBCACHE_REMOTE_LEASE={env['HUBCACHE_REMOTE_LEASE']!r} is out of range: give 1 to 86400 seconds."
+        )
+    return value
+
+
+#: More connections than this would only load the server: each adds a thread,
+#: a socket and a share of the reorder buffer.
+MAX_CONNECTIONS = 64
+
+
+def _connections(env: Mapping[str, str]) -> int:
+    """HUBCACHE_CONNECTIONS: 1 (a single stream) to MAX_CONNECTIONS."""
+    value = int(_number(env, "HUBCACHE_CONNECTIONS", DEFAULT_CONNECTIONS, integer=True))
+    if not 1 <= value <= MAX_CONNECTIONS:
+        raise ConfigError(
+            f"HUBCACHE_CONNECTIONS={env['HUBCACHE_CONNECTIONS']!r} is out of range: give 1 (one "
+            f"connection per download) to {MAX_CONNECTIONS}."
         )
     return value
 

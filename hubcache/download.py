@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
 import logging
-import re
 import sys
+import time
 from contextlib import contextmanager
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple
 
 import requests
-import urllib3
 
-from .answers import Floor
+from .answers import READ_ERRORS, Floor, archive_changed, content_length, content_range
 from .cancel import shutdown
 from .config import Settings
 from .errors import DownloadError, IntegrityError
@@ -38,12 +36,11 @@ CHUNK_SIZE = 256 << 10  # bytes per network read: larger reads only cost memory 
 #: New bytes after a failure that count as progress and start the failure count
 #: over: a server that sends a few bytes per attempt must not retry forever.
 PROGRESS_BYTES = 64 << 10
-_READ_ERRORS = (
-    requests.RequestException,
-    urllib3.exceptions.HTTPError,
-    http.client.HTTPException,
-    OSError,
-)
+#: A smaller archive stays on one connection: more would save it little.
+PARALLEL_MIN_SIZE = 16 << 20
+
+if TYPE_CHECKING:
+    from .ranged import Parallel, Watch
 
 
 class _ReadError(Exception):
@@ -54,7 +51,9 @@ class Body:
     """An archive download in progress. Iterate :meth:`chunks` once; afterwards
     ``sha256`` and ``bytes_read`` describe every byte of the archive."""
 
-    def __init__(self, transport: Transport, response: requests.Response, requested_url: str, url: str) -> None:
+    def __init__(
+        self, transport: Transport, response: requests.Response, requested_url: str, url: str, rangeable: bool = True
+    ) -> None:
         self.requested_url = requested_url  # where the chain of redirects starts
         self.url = url  # the URL that answered, after redirects
         self.chain = list(transport.chain)  # every URL on the way (a tfhub.dev chain names the Kaggle model)
@@ -64,13 +63,15 @@ class Body:
         self._transport = transport
         self._response = response
         headers = response.headers
-        self.size = _content_length(response)
+        self.size = content_length(response)
         self._etag = headers.get("ETag")
         self._hash = hashlib.sha256()
         self._storage_check = _StorageChecksum.from_header(headers.get("x-goog-hash", ""))
         self._skip = 0  # bytes to drop after a restart from zero
         self._received = 0  # bytes off the wire, skipped ones included (for the rate floor)
         self._progress_mark = 0  # bytes_read at the last failure
+        self._rangeable = rangeable  # whether url answers a GET (not a POST) with these bytes
+        self._parallel: Optional[Parallel] = None  # once the body is fetched over several connections
         self._first = self._read()  # peeked, to tell a web page from an archive
 
     @property
@@ -86,6 +87,8 @@ class Body:
         return content_type.startswith(("text/html", "application/xhtml")) and not is_compressed(self._first)
 
     def close(self) -> None:
+        if self._parallel is not None:
+            self._parallel.close()
         # Shut down first: a read blocked in the fetch thread holds the response's
         # lock, and only a shutdown makes it return (close alone would wait for it).
         shutdown(self._response)
@@ -96,35 +99,15 @@ class Body:
         bar = _progress_bar(self.size, self.handle, settings)
         hook = settings.progress_hook or (lambda received, announced: None)
         hook(0, self.size or 0)
-        floor = Floor(settings, self._received)
-        data = self._first
         try:
-            while True:
-                if data:
-                    self.bytes_read += len(data)
-                    if self.bytes_read - self._progress_mark >= PROGRESS_BYTES:
-                        self._transport.failures = 0  # real progress: the count starts over
-                    self._hash.update(data)
-                    if self._storage_check is not None:
-                        self._storage_check.update(data)
-                    bar.update(len(data))
-                    hook(len(data), 0)
-                    yield data
-                problem = floor.check(self._received)
-                if problem is None:
-                    self._transport.check_cancelled()
-                    try:
-                        data = self._read()
-                        if data:
-                            continue
-                        if self.size is None or self.bytes_read >= self.size:
-                            break
-                        problem = "the connection was closed early"
-                    except _ReadError as e:
-                        problem = str(e)
-                data = b""
-                self._resume(problem)
-                floor.restart(self._received)
+            for data in self._stream():
+                self.bytes_read += len(data)
+                self._hash.update(data)
+                if self._storage_check is not None:
+                    self._storage_check.update(data)
+                bar.update(len(data))
+                hook(len(data), 0)
+                yield data
         finally:
             bar.close()
         if self._storage_check is not None and not self._storage_check.matches():
@@ -134,6 +117,71 @@ class Body:
                 "Nothing was cached; try again.",
                 handle=self.handle,
             )
+
+    def _stream(self) -> Iterator[bytes]:
+        """The archive's bytes in order: from this one answer, resumed after
+        failures, or (once it waits on the network most of the time) from
+        several connections at once (:mod:`hubcache.ranged`)."""
+        floor = Floor(self._transport.settings, self._received)
+        watch = self._watch()
+        data = self._first
+        while True:
+            if data:
+                yield data
+                if self.bytes_read - self._progress_mark >= PROGRESS_BYTES:
+                    self._transport.failures = 0  # real progress: the count starts over
+                if watch is not None and not self._skip and watch.network_bound((self.size or 0) - self.bytes_read):
+                    from .ranged import Parallel
+
+                    self._parallel = Parallel(
+                        self._transport,
+                        self._response,
+                        url=self.url,
+                        requested_url=self.requested_url,
+                        etag=self._etag,
+                        size=self.size or 0,
+                        position=self.bytes_read,
+                        rate=watch.rate,
+                    )
+                    yield from self._parallel.chunks()
+                    return
+            problem = floor.check(self._received)
+            if problem is None:
+                self._transport.check_cancelled()
+                try:
+                    began = time.monotonic() if watch is not None else 0.0
+                    data = self._read()
+                    if watch is not None:
+                        watch.read(time.monotonic() - began, len(data))
+                    if data:
+                        continue
+                    if self.size is None or self.bytes_read >= self.size:
+                        return
+                    problem = "the connection was closed early"
+                except _ReadError as e:
+                    problem = str(e)
+            data = b""
+            self._resume(problem)
+            floor.restart(self._received)
+
+    def _watch(self) -> Optional[Watch]:
+        """A :class:`hubcache.ranged.Watch` when this body may be fetched in
+        parts: a GET answered whole, big enough, with ``Accept-Ranges`` and a
+        way to tell its version (a strong ETag, or a storage checksum)."""
+        response, etag = self._response, self._etag or ""
+        if not (
+            self._transport.settings.connections > 1
+            and self._rangeable
+            and response.status_code == 200
+            and self.size is not None
+            and self.size >= PARALLEL_MIN_SIZE
+            and "bytes" in response.headers.get("Accept-Ranges", "").lower()
+            and ((etag and not etag.startswith("W/")) or self._storage_check is not None)
+        ):
+            return None
+        from .ranged import Watch
+
+        return Watch()
 
     def _read(self) -> bytes:
         raw = self._response.raw
@@ -145,7 +193,7 @@ class Body:
                     data = raw.read1(CHUNK_SIZE, decode_content=False)
                 else:
                     data = raw.read(CHUNK_SIZE, decode_content=False)
-            except _READ_ERRORS as e:
+            except READ_ERRORS as e:
                 raise _ReadError(reason(e, self._transport.settings)) from None
             self._received += len(data)
             if not self._skip or not data:
@@ -172,7 +220,7 @@ class Body:
         response, url = self._transport.get(self.requested_url, headers)
         status = response.status_code
         if status == 206:
-            start, full = _content_range(response.headers.get("Content-Range", ""))
+            start, full = content_range(response.headers.get("Content-Range", ""))
             if start != self.bytes_read:
                 self._transport.close_response(response)
                 raise DownloadError(
@@ -184,7 +232,7 @@ class Body:
             self._check_same(response, url, full)
             self.size = full if full is not None else self.size
         elif status == 200:
-            self._check_same(response, url, _content_length(response))
+            self._check_same(response, url, content_length(response))
             log.info("%s: the server ignores Range; reading again from the start", self.handle)
             self._skip = self.bytes_read
         elif status == 416:
@@ -210,12 +258,7 @@ class Body:
             self.size is not None and size is not None and size != self.size
         ):
             self._transport.close_response(response)
-            raise DownloadError(
-                f"the archive of {self.handle} changed on the server during the download; "
-                "try again to fetch the new one.",
-                handle=self.handle,
-                url=redact(url),
-            )
+            raise archive_changed(self.handle, url)
 
 
 #: Answers after which the next route is tried: Kaggle's page route is seen
@@ -281,8 +324,10 @@ def _open_body(transport: Transport, url: str, post: Optional[str] = None) -> Bo
             transport.close_response(response)
             raise http_error(response.status_code, final_url, transport)
         try:
-            # A POST is not repeated to resume: the archive's own URL is asked again.
-            return Body(transport, response, url if post is None else final_url, final_url)
+            # A POST is not repeated to resume: the archive's own URL is asked again
+            # (and asked for parts only when it answered a GET, after a redirect).
+            rangeable = post is None or len(transport.chain) > 1
+            return Body(transport, response, url if post is None else final_url, final_url, rangeable)
         except _ReadError as e:  # nothing received yet: simply ask again
             transport.close_response(response)
             transport.failed(f"{redact(final_url)} sent no data ({e})", None, final_url)
@@ -329,19 +374,6 @@ def _every_route_failed(
         url=worst.url,
         status=worst.status,
     )
-
-
-def _content_length(response: requests.Response) -> Optional[int]:
-    length = response.headers.get("Content-Length", "")
-    return int(length) if length.isascii() and length.isdigit() else None
-
-
-def _content_range(value: str) -> Tuple[Optional[int], Optional[int]]:
-    """(first byte, full size) from ``bytes first-last/size`` (size may be ``*``)."""
-    m = re.fullmatch(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)\s*", value, re.ASCII)
-    if not m:
-        return None, None
-    return int(m.group(1)), (int(m.group(2)) if m.group(2) != "*" else None)
 
 
 class _StorageChecksum:

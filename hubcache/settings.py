@@ -50,6 +50,12 @@ DEFAULT_REMOTE_WAIT = 600.0  # seconds
 # long enough that a busy holder's renewals are not late.
 DEFAULT_REMOTE_LEASE = 60.0  # seconds
 
+# The most connections one archive may be fetched over (HUBCACHE_CONNECTIONS).
+# Connections are added only while they raise the rate; 16 is aria2c's ceiling,
+# and at a CDN's typical 25 MB/s per connection, ~400 MB/s: this machine's
+# single-stream extraction rate.
+DEFAULT_CONNECTIONS = 16
+
 #: Not compared, and not shown: they are not settings of the environment.
 _NOT_COMPARED = frozenset({"progress_hook", "credentials_environ", "cancellation"})
 
@@ -106,6 +112,8 @@ class Settings:
     remote_wait: float
     #: Seconds a lease lasts unless renewed; a dead holder is taken over after this.
     remote_lease: float
+    #: The most connections one archive download may use (1: a single stream).
+    connections: int
     #: Not from the environment: told of every download's progress as
     #: (bytes received, bytes announced), e.g. for an aggregate progress bar.
     progress_hook: Optional[Callable[[int, int], None]]
@@ -144,6 +152,7 @@ class Settings:
         remote_timeout: float = DEFAULT_REMOTE_TIMEOUT,
         remote_wait: float = DEFAULT_REMOTE_WAIT,
         remote_lease: float = DEFAULT_REMOTE_LEASE,
+        connections: int = DEFAULT_CONNECTIONS,
         progress_hook: Optional[Callable[[int, int], None]] = None,
         credentials_environ: Tuple[Tuple[str, str], ...] = (),
         cancellation: Optional[Any] = None,

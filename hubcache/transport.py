@@ -216,6 +216,13 @@ class Transport:
         # on-the-fly encoding would make byte ranges meaningless.
         self.session.headers["Accept-Encoding"] = "identity"
 
+    def twin(self) -> "Transport":
+        """Another transport for this download (one more connection): the same
+        credentials and origins, its own session and count of failures."""
+        other = Transport(self.handle, self.settings, None)
+        other.credentials, other.allowed = self.credentials, self.allowed
+        return other
+
     def close(self) -> None:
         self.session.close()
 

@@ -1,0 +1,431 @@
+"""One archive over several connections, handed on in order.
+
+A download starts as one stream (:class:`hubcache.download.Body`). A single TCP
+connection is often held to tens of MB/s by a CDN's per-flow shaping, a long
+round trip or loss. When the stream waits on the network most of the time
+(:class:`Watch`), and the server can serve parts of the archive safely,
+:class:`Parallel` takes it over:
+
+- The open connection goes on from where it is. More connections fetch the
+  pieces after it with ``Range`` (and ``If-Range``: a changed archive comes back
+  whole, and is refused). Pieces wait in a reorder buffer and are handed on
+  strictly in order, so the hash, the storage checksum and the extractor see
+  one stream, as before.
+- **Memory:** a piece is claimed only within WINDOW bytes of what the consumer
+  has taken, so at most WINDOW bytes wait, whatever the archive's size.
+- **Connections:** while the consumer waits for bytes, the count doubles every
+  TICK, up to ``HUBCACHE_CONNECTIONS``. It stops growing once doubling no longer
+  raises the rate: a shared bottleneck gains nothing from more connections.
+- **Pieces** last about PIECE_SECONDS at their connection's measured rate: long
+  against a round trip, short against the window. A connection left without
+  work splits the unfinished piece nearest the head, so one slow connection
+  does not hold the others back (at the archive's end above all).
+- **Failures:** each piece is retried alone, from the byte it reached, with its
+  connection's own count of failures and progress floor. An answer for another
+  version of the archive (another ETag or length) fails the download: nothing
+  is stitched. A range answered whole (200: Range ignored this time) is read up
+  to its start, and no more connections are added.
+- Every connection is a :meth:`Transport.twin`: the credentials rule holds for
+  each request, and requests go to the URL that answered (a signed storage
+  URL), from the start of the redirect chain again when it no longer works.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Deque, Iterator, List, Optional, Set
+
+import requests
+
+from .answers import READ_ERRORS, Floor, archive_changed, content_length, content_range
+from .cancel import shutdown
+from .errors import DownloadError
+from .transport import Transport, http_error, reason, redact
+
+log = logging.getLogger("hubcache")
+
+WINDOW = 64 << 20  # the most bytes claimed ahead of the consumer: the buffer's bound
+MIN_PIECE = 1 << 20  # smaller pieces would spend more on requests than on bytes
+PIECE_SECONDS = 1.0  # a piece's length in time at its connection's rate
+READ_SIZE = 256 << 10  # bytes per network read (download.CHUNK_SIZE)
+TICK = 0.25  # seconds between two looks at the consumer's waits
+STARVED = 0.3  # share of a tick spent waiting for bytes that calls for more connections
+NETWORK_BOUND = 0.5  # share of a single stream's time in reads that calls for parallel ranges
+GAIN = 1.15  # how much more a doubling must bring for the next to be tried
+PROGRESS_BYTES = 64 << 10  # new bytes that start a connection's count of failures over
+_EXPIRED = frozenset({401, 403, 404, 410})  # what a signed URL answers once it expired
+
+
+class Watch:
+    """Whether a single stream waits on the network most of the time."""
+
+    def __init__(self) -> None:
+        self.rate = 0.0  # bytes per second over the last tick
+        self._since = time.monotonic()
+        self._waited = 0.0
+        self._bytes = 0
+
+    def read(self, seconds: float, n: int) -> None:
+        self._waited += seconds
+        self._bytes += n
+
+    def network_bound(self, remaining: int) -> bool:
+        """True once a tick was spent mostly in reads, with enough of the
+        archive left to gain from more connections."""
+        elapsed = time.monotonic() - self._since
+        if elapsed < TICK:
+            return False
+        bound = self._waited > NETWORK_BOUND * elapsed and remaining >= 2 * MIN_PIECE
+        self.rate = self._bytes / elapsed
+        self._since, self._waited, self._bytes = time.monotonic(), 0.0, 0
+        return bound
+
+
+class _Piece:
+    """Bytes [start, end) of the archive, received in order by one connection."""
+
+    __slots__ = ("start", "end", "got", "chunks")
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start = start
+        self.end = end  # lowered when another connection takes the rest
+        self.got = 0  # bytes received, from start
+        self.chunks: Deque[bytes] = collections.deque()  # received, not yet handed on
+
+    def left(self) -> int:
+        return self.end - self.start - self.got
+
+
+class _Answer:
+    """An open answer: the archive's byte it reads next, and whether it was
+    asked for no end (the first connection's whole body)."""
+
+    __slots__ = ("response", "position", "open_ended", "skip", "received")
+
+    def __init__(self, response: requests.Response, position: int, open_ended: bool) -> None:
+        self.response = response
+        self.position = position  # (the byte after any to skip)
+        self.open_ended = open_ended
+        self.skip = 0  # bytes to drop before position (a server that ignored Range)
+        self.received = 0  # off the wire, for the progress floor
+
+
+class Parallel:
+    """The rest of an archive, from ``position`` on, over several connections.
+    ``response`` is the open answer positioned there; ``rate`` its bytes per second."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        response: requests.Response,
+        *,
+        url: str,
+        requested_url: str,
+        etag: Optional[str],
+        size: int,
+        position: int,
+        rate: float,
+    ) -> None:
+        self._transport = transport
+        self._handle = transport.handle
+        self._url = url
+        self._requested_url = requested_url
+        self._etag = etag
+        self._if_range = etag if etag and not etag.startswith("W/") else None  # If-Range needs a strong one
+        self._size = size
+        self._cap = transport.settings.connections
+        lock = threading.Lock()
+        self._lock = lock
+        self._data = threading.Condition(lock)  # the consumer waits here for bytes
+        self._room = threading.Condition(lock)  # connections wait here for work
+        self._pieces: Deque[_Piece] = collections.deque()  # from the consumer's position to _next
+        self._taken = position  # bytes handed on
+        self._arrived = 0  # bytes received by every connection together
+        self._next = position  # the first byte no piece covers
+        self._rate = max(rate, float(MIN_PIECE))  # bytes per second per connection, smoothed
+        self._error: Optional[BaseException] = None
+        self._closed = False
+        self._growing = True
+        self._threads: List[threading.Thread] = []
+        self._open: Set[requests.Response] = set()
+        # The consumer's measures, for adding connections (its thread only).
+        self._tick_since, self._tick_arrived, self._waited = time.monotonic(), 0, 0.0
+        self._grew_at: Optional[float] = None  # the rate before the last doubling...
+        self._ticks_since_growth = 0  # ...and the ticks since
+        with lock:
+            first = self._claim()
+        self._open.add(response)
+        log.info("%s: fetching the rest over parallel ranges", self._handle)
+        self._start(transport, _Answer(response, position, open_ended=True), first)
+        self._grow()  # a second connection at once: the single stream was network-bound
+
+    # ------------------------------------------------------------ consumer side
+
+    def chunks(self) -> Iterator[bytes]:
+        while self._taken < self._size:
+            with self._lock:
+                while True:
+                    if self._error is not None:
+                        raise self._error
+                    head = self._pieces[0] if self._pieces else None
+                    if head is not None and head.chunks:
+                        data = head.chunks.popleft()
+                        break
+                    self._transport.check_cancelled()
+                    began = time.monotonic()
+                    self._data.wait(TICK)
+                    self._waited += time.monotonic() - began
+                self._taken += len(data)
+                if self._taken >= head.end:
+                    self._pieces.popleft()
+                    self._room.notify_all()
+            yield data
+            self._tick()
+
+    def _tick(self) -> None:
+        """Add connections while the consumer waits for bytes and they raise the rate."""
+        now = time.monotonic()
+        elapsed = now - self._tick_since
+        if elapsed < TICK:
+            return
+        # The rate bytes arrive at, not the consumer's: that one waits on the
+        # piece at the head, and moves in bursts as pieces complete.
+        arrived = self._arrived
+        rate = (arrived - self._tick_arrived) / elapsed
+        starved = self._waited > STARVED * elapsed
+        self._tick_since, self._tick_arrived, self._waited = now, arrived, 0.0
+        if not self._growing or len(self._threads) >= self._cap:
+            return
+        if self._grew_at is not None:
+            self._ticks_since_growth += 1
+            if self._ticks_since_growth < 2:  # new connections ramp up: judge them a tick later
+                return
+            if rate < self._grew_at * GAIN:
+                self._growing = False
+                log.debug("%s: %d connections; more did not raise the rate", self._handle, len(self._threads))
+                return
+        if starved:
+            self._grew_at, self._ticks_since_growth = rate, 0
+            self._grow()
+
+    def _grow(self) -> None:
+        for _ in range(min(self._cap - len(self._threads), len(self._threads))):
+            self._start(self._transport.twin(), None, None)
+        log.debug("%s: %d connections", self._handle, len(self._threads))
+
+    def close(self) -> None:
+        """Stop every connection (the download ended, failed or was cancelled)."""
+        with self._lock:
+            self._closed = True
+            responses = list(self._open)
+            self._room.notify_all()
+        for response in responses:
+            shutdown(response)
+        for thread in self._threads:
+            thread.join(timeout=2)
+
+    # ---------------------------------------------------------- connection side
+
+    def _start(self, transport: Transport, answer: Optional[_Answer], piece: Optional[_Piece]) -> None:
+        thread = threading.Thread(target=self._run, args=(transport, answer, piece), name="hubcache-range", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _run(self, transport: Transport, answer: Optional[_Answer], piece: Optional[_Piece]) -> None:
+        try:
+            while True:
+                if piece is not None:
+                    answer = self._fill(transport, answer, piece)
+                piece = self._work()
+                if piece is None:
+                    return
+                if answer is not None and piece.start != answer.position:
+                    self._close(transport, answer)  # the next piece is elsewhere
+                    answer = None
+        except BaseException as e:  # handed to the consumer
+            with self._lock:
+                if self._error is None and not self._closed:
+                    self._error = e
+                self._data.notify_all()
+                self._room.notify_all()
+        finally:
+            if answer is not None:
+                self._close(transport, answer)
+            if transport is not self._transport:
+                transport.close()
+
+    def _work(self) -> Optional[_Piece]:
+        """The next piece for a connection, waiting for room; None when none is left."""
+        with self._lock:
+            while not self._closed and self._error is None:
+                piece = self._claim()
+                if piece is not None:
+                    return piece
+                if self._next >= self._size:
+                    return None  # every byte has a connection, and no piece is worth splitting
+                self._room.wait(TICK)
+            return None
+
+    def _length(self) -> int:
+        """How long a new piece should be (lock held)."""
+        most = max(MIN_PIECE, WINDOW // (2 * max(1, len(self._threads))))
+        return max(MIN_PIECE, min(int(self._rate * PIECE_SECONDS), most))
+
+    def _claim(self) -> Optional[_Piece]:
+        """A new piece after the last, or the second half of an unfinished one (lock held)."""
+        room = self._taken + WINDOW - self._next
+        rest = self._size - self._next
+        if rest > 0 and room >= min(rest, MIN_PIECE):
+            length = min(rest, room, self._length())
+            if rest - length < MIN_PIECE:
+                length = rest  # no crumb left at the end
+            piece = _Piece(self._next, self._next + length)
+            self._next = piece.end
+            self._pieces.append(piece)
+            return piece
+        for i, piece in enumerate(self._pieces):
+            if piece.left() >= 2 * MIN_PIECE:
+                half = _Piece(piece.end - piece.left() // 2, piece.end)
+                piece.end = half.start
+                self._pieces.insert(i + 1, half)
+                return half
+        return None
+
+    def _fill(self, transport: Transport, answer: Optional[_Answer], piece: _Piece) -> Optional[_Answer]:
+        """Receive ``piece`` whole, retrying alone what fails. ``answer``, if
+        any, is open at the piece's first missing byte. Returns it if it may go
+        on into the next piece (it was asked for no end); else closes it."""
+        floor = Floor(transport.settings)
+        mark = 0  # piece.got at the last failure
+        began, first = time.monotonic(), piece.got
+        while True:
+            with self._lock:
+                closed, position, end = self._closed, piece.start + piece.got, piece.end
+            if closed:
+                return answer
+            if position >= end:
+                self._measured(piece.got - first, time.monotonic() - began)
+                if answer is not None and not answer.open_ended:
+                    self._close(transport, answer)  # read to its end, it stays in the pool
+                    answer = None
+                return answer
+            if answer is None:
+                answer = self._request(transport, position, end)
+                floor.restart(0)
+            problem = self._read(answer, piece)
+            if problem is None:
+                if piece.got - mark >= PROGRESS_BYTES:
+                    transport.failures = 0  # real progress: the count starts over
+                if answer.position > piece.end:  # it ran into a piece another connection took
+                    self._close(transport, answer)
+                    answer = None
+                problem = floor.check(answer.received) if answer is not None else None
+            if problem is not None:
+                if answer is not None:
+                    self._close(transport, answer)
+                    answer = None
+                if self._closed:
+                    return None
+                mark = piece.got
+                where = piece.start + piece.got
+                transport.failed(f"the part of the download from byte {where} stopped ({problem})", None, self._url)
+
+    def _read(self, answer: _Answer, piece: _Piece) -> Optional[str]:
+        """One read from ``answer`` into ``piece``; what went wrong, or None."""
+        try:
+            data = answer.response.raw.read1(READ_SIZE, decode_content=False)
+        except READ_ERRORS as e:
+            return reason(e, self._transport.settings)
+        if not data:
+            return "the connection was closed early"
+        answer.received += len(data)
+        if answer.skip:
+            dropped = min(answer.skip, len(data))
+            answer.skip, data = answer.skip - dropped, data[dropped:]
+        with self._lock:
+            left = piece.left()
+            if len(data) > left and answer.open_ended and self._next == piece.end:
+                # An answer with no end, and nobody after it: the piece grows.
+                piece.end = min(self._size, piece.end + max(len(data), self._length()))
+                self._next = piece.end
+                left = piece.left()
+            kept = data[:left] if len(data) > left else data
+            if kept:
+                piece.chunks.append(kept)
+                piece.got += len(kept)
+                self._arrived += len(kept)
+                self._data.notify()
+        answer.position += len(data)
+        return None
+
+    def _measured(self, n: int, seconds: float) -> None:
+        if n >= MIN_PIECE and seconds > 0:
+            with self._lock:
+                self._rate = 0.7 * self._rate + 0.3 * n / seconds
+
+    def _request(self, transport: Transport, start: int, end: int) -> _Answer:
+        """An answer that holds bytes [start, end) (after bytes to skip, from a
+        server that ignored Range)."""
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        if self._if_range:
+            headers["If-Range"] = self._if_range
+        with self._lock:
+            url = self._url
+        response, final_url = transport.get(url, headers)
+        if response.status_code in _EXPIRED and url != self._requested_url:
+            # A signed URL may have expired: from the start of the chain, as a resume does.
+            transport.close_response(response)
+            response, final_url = transport.get(self._requested_url, headers)
+            with self._lock:
+                self._url = final_url
+        status = response.status_code
+        if status == 206:
+            first, total = content_range(response.headers.get("Content-Range", ""))
+            answer = self._opened(transport, response, start, open_ended=False)
+            self._check_same(transport, answer, final_url, total)
+            if first != start:
+                self._close(transport, answer)
+                raise DownloadError(
+                    f"the download of {self._handle} cannot go on: {redact(final_url)} answered a request "
+                    f"for bytes {start}-{end - 1} with another range. Try again, or set HUBCACHE_CONNECTIONS=1.",
+                    handle=self._handle,
+                    url=redact(final_url),
+                )
+            return answer
+        if status == 200:
+            answer = self._opened(transport, response, start, open_ended=True)
+            answer.skip = start
+            self._check_same(transport, answer, final_url, content_length(response))
+            with self._lock:
+                if self._growing:
+                    log.info("%s: the server answered a range whole; no more connections", self._handle)
+                self._growing = False
+            return answer
+        transport.close_response(response)
+        if status == 416:
+            raise archive_changed(self._handle, final_url)  # it no longer has those bytes
+        raise http_error(status, final_url, transport)
+
+    def _opened(self, transport: Transport, response: requests.Response, position: int, open_ended: bool) -> _Answer:
+        answer = _Answer(response, position, open_ended)
+        with self._lock:
+            self._open.add(response)
+            closed = self._closed
+        if closed:
+            shutdown(response)
+        return answer
+
+    def _check_same(self, transport: Transport, answer: _Answer, url: str, size: Optional[int]) -> None:
+        """Refuse an answer from another version of the archive."""
+        etag = answer.response.headers.get("ETag")
+        if (self._etag and etag and etag != self._etag) or size != self._size:
+            self._close(transport, answer)
+            raise archive_changed(self._handle, url)
+
+    def _close(self, transport: Transport, answer: _Answer) -> None:
+        with self._lock:
+            self._open.discard(answer.response)
+        transport.close_response(answer.response)
