@@ -1,33 +1,27 @@
 """One archive over several connections, handed on in order.
 
-A download starts as one stream (:class:`hubcache.download.Body`). A single TCP
-connection is often held to tens of MB/s by a CDN's per-flow shaping, a long
-round trip or loss. When the stream waits on the network most of the time
-(:class:`Watch`), and the server can serve parts of the archive safely,
-:class:`Parallel` takes it over:
+A single TCP connection is often held to tens of MB/s by a CDN's per-flow
+shaping, a long round trip or loss. When a :class:`hubcache.download.Body` waits
+on the network most of the time (:class:`Watch`) and the server serves parts of
+the archive safely, :class:`Parallel` takes over. The open connection goes on;
+more fetch the pieces after it with ``Range`` and ``If-Range``. Pieces are handed
+on strictly in order, so hashes and the extractor see one stream, as before.
 
-- The open connection goes on from where it is. More connections fetch the
-  pieces after it with ``Range`` (and ``If-Range``: a changed archive comes back
-  whole, and is refused). Pieces wait in a reorder buffer and are handed on
-  strictly in order, so the hash, the storage checksum and the extractor see
-  one stream, as before.
-- **Memory:** a piece is claimed only within WINDOW bytes of what the consumer
-  has taken, so at most WINDOW bytes wait, whatever the archive's size.
-- **Connections:** while the consumer waits for bytes, the count doubles every
-  TICK, up to ``HUBCACHE_CONNECTIONS``. It stops growing once doubling no longer
-  raises the rate: a shared bottleneck gains nothing from more connections.
-- **Pieces** last about PIECE_SECONDS at their connection's measured rate: long
-  against a round trip, short against the window. A connection left without
-  work splits the unfinished piece nearest the head, so one slow connection
-  does not hold the others back (at the archive's end above all).
-- **Failures:** each piece is retried alone, from the byte it reached, with its
-  connection's own count of failures and progress floor. An answer for another
-  version of the archive (another ETag or length) fails the download: nothing
-  is stitched. A range answered whole (200: Range ignored this time) is read up
-  to its start, and no more connections are added.
-- Every connection is a :meth:`Transport.twin`: the credentials rule holds for
-  each request, and requests go to the URL that answered (a signed storage
-  URL), from the start of the redirect chain again when it no longer works.
+- **Memory:** pieces are claimed only within WINDOW bytes of what the consumer
+  took: at most WINDOW bytes wait, whatever the archive's size.
+- **Connections** double every TICK while the consumer waits for bytes, up to
+  ``HUBCACHE_CONNECTIONS``, until a doubling no longer raises the rate.
+- **Pieces** last about PIECE_SECONDS at a connection's rate: long against a
+  round trip, short against the window. A connection without work splits the
+  piece that holds things up (the one the consumer waits on, or at the end).
+- **Failures:** a piece is retried alone, from the byte reached, with its
+  connection's own retries and progress floor. An answer from another version
+  of the archive (ETag, length) fails the download: nothing is stitched. A new
+  connection that is refused (429, 503), or answered with the whole archive,
+  leaves its piece to the others, and no more are added.
+- Each connection is a :meth:`Transport.twin`, under the same credentials rule,
+  asking the URL that answered (a signed storage URL), or the start of the
+  redirect chain again once that one no longer works.
 """
 
 from __future__ import annotations
@@ -87,16 +81,21 @@ class Watch:
 class _Piece:
     """Bytes [start, end) of the archive, received in order by one connection."""
 
-    __slots__ = ("start", "end", "got", "chunks")
+    __slots__ = ("start", "end", "got", "chunks", "owned")
 
     def __init__(self, start: int, end: int) -> None:
         self.start = start
         self.end = end  # lowered when another connection takes the rest
         self.got = 0  # bytes received, from start
         self.chunks: Deque[bytes] = collections.deque()  # received, not yet handed on
+        self.owned = True  # a connection fills it (False: its connection gave up)
 
     def left(self) -> int:
         return self.end - self.start - self.got
+
+
+class _RefusedError(Exception):
+    """A connection's request failed in a way more connections would not mend."""
 
 
 class _Answer:
@@ -151,6 +150,9 @@ class Parallel:
         self._growing = True
         self._threads: List[threading.Thread] = []
         self._open: Set[requests.Response] = set()
+        self._proven: Set[Transport] = {transport}  # connections the server has answered
+        self._alive = 0  # connections running
+        self._starving = False  # the consumer waits for the head piece
         # The consumer's measures, for adding connections (its thread only).
         self._tick_since, self._tick_arrived, self._waited = time.monotonic(), 0, 0.0
         self._grew_at: Optional[float] = None  # the rate before the last doubling...
@@ -176,7 +178,10 @@ class Parallel:
                         break
                     self._transport.check_cancelled()
                     began = time.monotonic()
+                    self._starving = True
+                    self._room.notify_all()  # (a connection without work may split the head)
                     self._data.wait(TICK)
+                    self._starving = False
                     self._waited += time.monotonic() - began
                 self._taken += len(data)
                 if self._taken >= head.end:
@@ -224,23 +229,34 @@ class Parallel:
             self._room.notify_all()
         for response in responses:
             shutdown(response)
+        deadline = time.monotonic() + 2  # (one still connecting gives up by itself)
         for thread in self._threads:
-            thread.join(timeout=2)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     # ---------------------------------------------------------- connection side
 
     def _start(self, transport: Transport, answer: Optional[_Answer], piece: Optional[_Piece]) -> None:
         thread = threading.Thread(target=self._run, args=(transport, answer, piece), name="hubcache-range", daemon=True)
         self._threads.append(thread)
+        with self._lock:
+            self._alive += 1
         thread.start()
 
     def _run(self, transport: Transport, answer: Optional[_Answer], piece: Optional[_Piece]) -> None:
+        counted = False  # whether this connection is no longer in _alive
         try:
             while True:
                 if piece is not None:
-                    answer = self._fill(transport, answer, piece)
+                    try:
+                        answer = self._fill(transport, answer, piece)
+                    except _RefusedError as e:
+                        counted = self._leave(transport, piece, e)
+                        if counted:
+                            return
+                        continue  # the last connection: it is retried as the first would be
                 piece = self._work()
                 if piece is None:
+                    counted = True
                     return
                 if answer is not None and piece.start != answer.position:
                     self._close(transport, answer)  # the next piece is elsewhere
@@ -250,23 +266,43 @@ class Parallel:
                 if self._error is None and not self._closed:
                     self._error = e
                 self._data.notify_all()
-                self._room.notify_all()
         finally:
+            if not counted:
+                with self._lock:
+                    self._alive -= 1
             if answer is not None:
                 self._close(transport, answer)
             if transport is not self._transport:
                 transport.close()
 
+    def _leave(self, transport: Transport, piece: _Piece, e: Exception) -> bool:
+        """A refused connection leaves its piece to the others, and the count
+        stops there; the last connection stays, and is retried."""
+        with self._lock:
+            if self._alive == 1:
+                self._proven.add(transport)
+                return False
+            piece.owned = False
+            self._alive -= 1
+            self._cap = max(1, self._cap - 1)
+            self._growing = False
+            self._room.notify_all()
+        log.info("%s: a connection was refused (%s); going on with fewer", self._handle, e)
+        return True
+
     def _work(self) -> Optional[_Piece]:
-        """The next piece for a connection, waiting for room; None when none is left."""
+        """The next piece for a connection, waiting for room. None when none is
+        left: the connection then counts as gone (in the same lock as the
+        decision, so that a piece left by another is never left to nobody)."""
         with self._lock:
             while not self._closed and self._error is None:
                 piece = self._claim()
                 if piece is not None:
                     return piece
                 if self._next >= self._size:
-                    return None  # every byte has a connection, and no piece is worth splitting
+                    break  # every byte has a connection, and no piece is worth splitting
                 self._room.wait(TICK)
+            self._alive -= 1
             return None
 
     def _length(self) -> int:
@@ -276,6 +312,10 @@ class Parallel:
 
     def _claim(self) -> Optional[_Piece]:
         """A new piece after the last, or the second half of an unfinished one (lock held)."""
+        for piece in self._pieces:
+            if not piece.owned:  # left by a refused connection
+                piece.owned = True
+                return piece
         room = self._taken + WINDOW - self._next
         rest = self._size - self._next
         if rest > 0 and room >= min(rest, MIN_PIECE):
@@ -286,11 +326,25 @@ class Parallel:
             self._next = piece.end
             self._pieces.append(piece)
             return piece
-        for i, piece in enumerate(self._pieces):
-            if piece.left() >= 2 * MIN_PIECE:
-                half = _Piece(piece.end - piece.left() // 2, piece.end)
+        return self._split()
+
+    def _split(self) -> Optional[_Piece]:
+        """The second half of the unfinished piece that holds things up, when
+        that is worth a new request: the one the consumer waits on, or, once
+        every byte has a connection, the one with most left (lock held). The
+        piece's connection is closed when it reaches the half (what it had in
+        flight is lost), so a piece is split only with a second's worth left."""
+        if self._next < self._size:
+            candidates = [p for p in self._pieces if p.left()][:1] if self._starving else []
+        else:
+            candidates = sorted(self._pieces, key=_Piece.left, reverse=True)[:1]
+        for piece in candidates:
+            left = piece.left()
+            if left >= max(2 * MIN_PIECE, self._rate * PIECE_SECONDS):
+                half = _Piece(piece.end - left // 2, piece.end)
                 piece.end = half.start
-                self._pieces.insert(i + 1, half)
+                self._pieces.insert(self._pieces.index(piece) + 1, half)
+                log.debug("%s: split bytes %d-%d off a slow piece", self._handle, half.start, half.end - 1)
                 return half
         return None
 
@@ -347,9 +401,10 @@ class Parallel:
             answer.skip, data = answer.skip - dropped, data[dropped:]
         with self._lock:
             left = piece.left()
-            if len(data) > left and answer.open_ended and self._next == piece.end:
-                # An answer with no end, and nobody after it: the piece grows.
-                piece.end = min(self._size, piece.end + max(len(data), self._length()))
+            room = self._taken + WINDOW - piece.end
+            if len(data) > left and answer.open_ended and self._next == piece.end and room >= len(data) - left:
+                # An answer with no end, nobody after it, and room in the buffer: the piece grows.
+                piece.end = min(self._size, piece.end + min(room, max(len(data) - left, self._length())))
                 self._next = piece.end
                 left = piece.left()
             kept = data[:left] if len(data) > left else data
@@ -374,14 +429,30 @@ class Parallel:
             headers["If-Range"] = self._if_range
         with self._lock:
             url = self._url
-        response, final_url = transport.get(url, headers)
-        if response.status_code in _EXPIRED and url != self._requested_url:
-            # A signed URL may have expired: from the start of the chain, as a resume does.
-            transport.close_response(response)
-            response, final_url = transport.get(self._requested_url, headers)
-            with self._lock:
-                self._url = final_url
+        proven = transport in self._proven  # a new connection is not retried: see _RefusedError
+        try:
+            response, final_url = transport.get(url, headers, retry=proven)
+            if response.status_code in _EXPIRED and url != self._requested_url:
+                # A signed URL may have expired: from the start of the chain, as a resume does.
+                transport.close_response(response)
+                response, final_url = transport.get(self._requested_url, headers, retry=proven)
+                with self._lock:
+                    self._url = final_url
+        except DownloadError as e:
+            if proven:
+                raise
+            raise _RefusedError(str(e)) from None
         status = response.status_code
+        if status == 200:
+            with self._lock:
+                alone, self._growing = self._alive == 1, False
+            if not alone:  # reading up to ``start`` is for the last connection only
+                transport.close_response(response)
+                raise _RefusedError("it answered a range with the whole archive")
+        if not proven and status not in (200, 206, 416):
+            transport.close_response(response)
+            raise _RefusedError(f"HTTP {status}")
+        self._proven.add(transport)
         if status == 206:
             first, total = content_range(response.headers.get("Content-Range", ""))
             answer = self._opened(transport, response, start, open_ended=False)
@@ -399,10 +470,6 @@ class Parallel:
             answer = self._opened(transport, response, start, open_ended=True)
             answer.skip = start
             self._check_same(transport, answer, final_url, content_length(response))
-            with self._lock:
-                if self._growing:
-                    log.info("%s: the server answered a range whole; no more connections", self._handle)
-                self._growing = False
             return answer
         transport.close_response(response)
         if status == 416:

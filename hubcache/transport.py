@@ -231,20 +231,23 @@ class Transport:
             self.cancellation.check()
 
     def get(
-        self, url: str, headers: Optional[Dict[str, str]] = None, *, post: Optional[str] = None
+        self, url: str, headers: Optional[Dict[str, str]] = None, *, post: Optional[str] = None, retry: bool = True
     ) -> Tuple[requests.Response, str]:
         """GET ``url`` (or POST the JSON ``post`` to it), following redirects and
         retrying transient failures. Returns the final answer (any status that
-        is not worth retrying) and its URL."""
+        is not worth retrying, or any at all without ``retry``) and its URL."""
         while True:
             self.check_cancelled()
             try:
                 response, final_url = self._follow(url, headers or {}, post)
             except _HopError as e:  # named by the hop that failed, not where the chain began
-                self.failed(f"{redact(e.url)} did not answer ({reason(e.error, self.settings)})", None, e.url)
+                problem = f"{redact(e.url)} did not answer ({reason(e.error, self.settings)})"
+                if not retry:
+                    raise DownloadError(f"could not download {self.handle}: {problem}", handle=self.handle) from None
+                self.failed(problem, None, e.url)
                 continue
             status = response.status_code
-            if status not in RETRY_STATUSES:
+            if status not in RETRY_STATUSES or not retry:
                 return response, final_url
             retry_after = _retry_after(response.headers.get("Retry-After"))
             self.close_response(response)
