@@ -1,12 +1,15 @@
 """Reading what servers answer: the progress floor every read is held to
 (:class:`Floor`, ``HUBCACHE_MIN_RATE`` over ``HUBCACHE_MIN_RATE_WINDOW``), and
 small answers read whole under it (:func:`read_small`, :func:`get_json`), and
-the headers that say which bytes of which version an answer holds. Archive
-bodies are :mod:`hubcache.download`'s.
+the headers that say which bytes of which version an answer holds, and what
+they must hash to (:class:`StorageChecksum`). Archive bodies are
+:mod:`hubcache.download`'s.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
 import json
 import re
@@ -121,3 +124,40 @@ def archive_changed(handle: str, url: str) -> DownloadError:
         handle=handle,
         url=redact(url),
     )
+
+
+class StorageChecksum:
+    """The whole-object checksum Cloud Storage sends (``x-goog-hash``), checked
+    as the bytes arrive: CRC32C when google-crc32c is installed (hubcache[fast];
+    0.06 s/GiB), else MD5 (1.2 s/GiB)."""
+
+    def __init__(self, name: str, expected: bytes, digest: Any) -> None:
+        self.name = name
+        self._expected = expected
+        self._digest = digest
+
+    @classmethod
+    def from_header(cls, value: str) -> Optional["StorageChecksum"]:
+        found = {}
+        for part in value.split(","):
+            name, _, encoded = part.strip().partition("=")
+            try:
+                found[name] = base64.b64decode(encoded, validate=True)
+            except ValueError:
+                continue
+        if "crc32c" in found and len(found["crc32c"]) == 4:
+            try:
+                import google_crc32c
+            except ImportError:
+                pass
+            else:
+                return cls("CRC32C", found["crc32c"], google_crc32c.Checksum())  # type: ignore[no-untyped-call]
+        if "md5" in found and len(found["md5"]) == 16:  # junk is ignored, as for CRC32C
+            return cls("MD5", found["md5"], hashlib.md5())
+        return None
+
+    def update(self, data: bytes) -> None:
+        self._digest.update(data)
+
+    def matches(self) -> bool:
+        return bool(self._digest.digest() == self._expected)

@@ -12,7 +12,6 @@ Requests themselves (redirects, credentials, retries) are :mod:`hubcache.transpo
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import sys
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple
 
 import requests
 
-from .answers import READ_ERRORS, Floor, archive_changed, content_length, content_range
+from .answers import READ_ERRORS, Floor, StorageChecksum, archive_changed, content_length, content_range
 from .cancel import shutdown
 from .config import Settings
 from .errors import DownloadError, IntegrityError
@@ -39,8 +38,37 @@ PROGRESS_BYTES = 64 << 10
 #: A smaller archive stays on one connection: more would save it little.
 PARALLEL_MIN_SIZE = 16 << 20
 
+#: A single stream that spends more than this share of its time waiting for
+#: bytes, over a tick, goes on over parallel ranges (:mod:`hubcache.ranged`).
+NETWORK_BOUND, WATCH_TICK = 0.5, 0.25
+
 if TYPE_CHECKING:
-    from .ranged import Parallel, Watch
+    from .ranged import Parallel
+
+
+class Watch:
+    """Whether a single stream waits on the network most of the time."""
+
+    def __init__(self) -> None:
+        self.rate = 0.0  # bytes per second over the last tick
+        self._since = time.monotonic()
+        self._waited = 0.0
+        self._bytes = 0
+
+    def read(self, seconds: float, n: int) -> None:
+        self._waited += seconds
+        self._bytes += n
+
+    def network_bound(self, remaining: int) -> bool:
+        """True once a tick was spent mostly in reads, with enough of the
+        archive left to gain from more connections."""
+        elapsed = time.monotonic() - self._since
+        if elapsed < WATCH_TICK:
+            return False
+        bound = self._waited > NETWORK_BOUND * elapsed and remaining >= PARALLEL_MIN_SIZE // 4
+        self.rate = self._bytes / elapsed
+        self._since, self._waited, self._bytes = time.monotonic(), 0.0, 0
+        return bound
 
 
 class _ReadError(Exception):
@@ -66,7 +94,7 @@ class Body:
         self.size = content_length(response)
         self._etag = headers.get("ETag")
         self._hash = hashlib.sha256()
-        self._storage_check = _StorageChecksum.from_header(headers.get("x-goog-hash", ""))
+        self._storage_check = StorageChecksum.from_header(headers.get("x-goog-hash", ""))
         self._skip = 0  # bytes to drop after a restart from zero
         self._received = 0  # bytes off the wire, skipped ones included (for the rate floor)
         self._progress_mark = 0  # bytes_read at the last failure
@@ -165,7 +193,7 @@ class Body:
             floor.restart(self._received)
 
     def _watch(self) -> Optional[Watch]:
-        """A :class:`hubcache.ranged.Watch` when this body may be fetched in
+        """A :class:`Watch` when this body may be fetched in
         parts: a GET answered whole, big enough, with ``Accept-Ranges`` and a
         way to tell its version (a strong ETag, or a storage checksum)."""
         response, etag = self._response, self._etag or ""
@@ -179,8 +207,6 @@ class Body:
             and ((etag and not etag.startswith("W/")) or self._storage_check is not None)
         ):
             return None
-        from .ranged import Watch
-
         return Watch()
 
     def _read(self) -> bytes:
@@ -374,43 +400,6 @@ def _every_route_failed(
         url=worst.url,
         status=worst.status,
     )
-
-
-class _StorageChecksum:
-    """The whole-object checksum Cloud Storage sends (``x-goog-hash``), checked
-    as the bytes arrive: CRC32C when google-crc32c is installed (hubcache[fast];
-    0.06 s/GiB), else MD5 (1.2 s/GiB)."""
-
-    def __init__(self, name: str, expected: bytes, digest: Any) -> None:
-        self.name = name
-        self._expected = expected
-        self._digest = digest
-
-    @classmethod
-    def from_header(cls, value: str) -> Optional["_StorageChecksum"]:
-        found = {}
-        for part in value.split(","):
-            name, _, encoded = part.strip().partition("=")
-            try:
-                found[name] = base64.b64decode(encoded, validate=True)
-            except ValueError:
-                continue
-        if "crc32c" in found and len(found["crc32c"]) == 4:
-            try:
-                import google_crc32c
-            except ImportError:
-                pass
-            else:
-                return cls("CRC32C", found["crc32c"], google_crc32c.Checksum())  # type: ignore[no-untyped-call]
-        if "md5" in found and len(found["md5"]) == 16:  # junk is ignored, as for CRC32C
-            return cls("MD5", found["md5"], hashlib.md5())
-        return None
-
-    def update(self, data: bytes) -> None:
-        self._digest.update(data)
-
-    def matches(self) -> bool:
-        return bool(self._digest.digest() == self._expected)
 
 
 class _NoBar:

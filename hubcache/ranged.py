@@ -2,7 +2,7 @@
 
 A single TCP connection is often held to tens of MB/s by a CDN's per-flow
 shaping, a long round trip or loss. When a :class:`hubcache.download.Body` waits
-on the network most of the time (:class:`Watch`) and the server serves parts of
+on the network most of the time (:class:`hubcache.download.Watch`) and the server serves parts of
 the archive safely, :class:`Parallel` takes over. The open connection goes on;
 more fetch the pieces after it with ``Range`` and ``If-Range``. Pieces are handed
 on strictly in order, so hashes and the extractor see one stream, as before.
@@ -47,35 +47,9 @@ PIECE_SECONDS = 1.0  # a piece's length in time at its connection's rate
 READ_SIZE = 256 << 10  # bytes per network read (download.CHUNK_SIZE)
 TICK = 0.25  # seconds between two looks at the consumer's waits
 STARVED = 0.3  # share of a tick spent waiting for bytes that calls for more connections
-NETWORK_BOUND = 0.5  # share of a single stream's time in reads that calls for parallel ranges
 GAIN = 1.15  # how much more a doubling must bring for the next to be tried
 PROGRESS_BYTES = 64 << 10  # new bytes that start a connection's count of failures over
 _EXPIRED = frozenset({401, 403, 404, 410})  # what a signed URL answers once it expired
-
-
-class Watch:
-    """Whether a single stream waits on the network most of the time."""
-
-    def __init__(self) -> None:
-        self.rate = 0.0  # bytes per second over the last tick
-        self._since = time.monotonic()
-        self._waited = 0.0
-        self._bytes = 0
-
-    def read(self, seconds: float, n: int) -> None:
-        self._waited += seconds
-        self._bytes += n
-
-    def network_bound(self, remaining: int) -> bool:
-        """True once a tick was spent mostly in reads, with enough of the
-        archive left to gain from more connections."""
-        elapsed = time.monotonic() - self._since
-        if elapsed < TICK:
-            return False
-        bound = self._waited > NETWORK_BOUND * elapsed and remaining >= 2 * MIN_PIECE
-        self.rate = self._bytes / elapsed
-        self._since, self._waited, self._bytes = time.monotonic(), 0.0, 0
-        return bound
 
 
 class _Piece:
