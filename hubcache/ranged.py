@@ -30,7 +30,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Deque, Iterator, List, Optional, Set
+from typing import Deque, Iterator, List, Optional, Set, Tuple
 
 import requests
 
@@ -128,7 +128,8 @@ class Parallel:
         self._alive = 0  # connections running
         self._starving = False  # the consumer waits for the head piece
         # The consumer's measures, for adding connections (its thread only).
-        self._tick_since, self._tick_arrived, self._waited = time.monotonic(), 0, 0.0
+        self._marks: Deque[Tuple[float, int]] = collections.deque([(time.monotonic(), 0)], maxlen=3)
+        self._waited = 0.0
         self._grew_at: Optional[float] = None  # the rate before the last doubling...
         self._ticks_since_growth = 0  # ...and the ticks since
         with lock:
@@ -167,20 +168,20 @@ class Parallel:
     def _tick(self) -> None:
         """Add connections while the consumer waits for bytes and they raise the rate."""
         now = time.monotonic()
-        elapsed = now - self._tick_since
-        if elapsed < TICK:
+        if now - self._marks[-1][0] < TICK:
             return
-        # The rate bytes arrive at, not the consumer's: that one waits on the
-        # piece at the head, and moves in bursts as pieces complete.
-        arrived = self._arrived
-        rate = (arrived - self._tick_arrived) / elapsed
-        starved = self._waited > STARVED * elapsed
-        self._tick_since, self._tick_arrived, self._waited = now, arrived, 0.0
+        # Rates of arrival, not the consumer's (which waits on the head piece and
+        # moves in bursts), over two ticks: one is too noisy on a lossy link.
+        self._marks.append((now, self._arrived))
+        starved = self._waited > STARVED * (now - self._marks[-2][0])
+        self._waited = 0.0
+        then, arrived = self._marks[0]
+        rate = (self._arrived - arrived) / (now - then)
         if not self._growing or len(self._threads) >= self._cap:
             return
         if self._grew_at is not None:
             self._ticks_since_growth += 1
-            if self._ticks_since_growth < 2:  # new connections ramp up: judge them a tick later
+            if self._ticks_since_growth < 3:  # new connections ramp up: judge the two ticks after
                 return
             if rate < self._grew_at * GAIN:
                 self._growing = False
