@@ -26,7 +26,7 @@ ACCELERATED = False
 #: its first block came, is inflated by zlib: importing isal (three extension
 #: modules, 1 ms) costs a small archive more than it saves.
 SMALL_ARCHIVE, SMALL_WAIT = 1 << 20, 0.005
-OUT_SIZE = 2 << 20  # most bytes one inflate step hands on
+OUT_SIZE = 512 << 10  # most bytes one inflate step hands on (larger: page faults and a join copy)
 QUEUE_DEPTH = 4  # chunks waiting between two stages
 RATIO_FLOOR = 256 << 20  # the ratio bound applies once this many bytes came out
 #: The most compressed bytes in a row that may yield nothing: a bz2 block takes

@@ -44,7 +44,7 @@ log = logging.getLogger("hubcache")
 WINDOW = 64 << 20  # the most bytes claimed ahead of the consumer: the buffer's bound
 MIN_PIECE = 1 << 20  # smaller pieces would spend more on requests than on bytes
 PIECE_SECONDS = 1.0  # a piece's length in time at its connection's rate
-READ_SIZE = 256 << 10  # bytes per network read (download.CHUNK_SIZE)
+READ_SIZE = 1 << 20  # most bytes per network read, as download.CHUNK_SIZE
 TICK = 0.25  # seconds between two looks at the consumer's waits
 STARVED = 0.3  # share of a tick spent waiting for bytes that calls for more connections
 GAIN = 1.15  # how much more a doubling must bring for the next to be tried
@@ -363,9 +363,11 @@ class Parallel:
                 transport.failed(f"the part of the download from byte {where} stopped ({problem})", None, self._url)
 
     def _read(self, answer: _Answer, piece: _Piece) -> Optional[str]:
-        """One read from ``answer`` into ``piece``; what went wrong, or None."""
+        """One read from ``answer`` into ``piece``, never past its end (an answer
+        with no end then goes on into the next piece, if this connection gets
+        it); what went wrong, or None."""
         try:
-            data = answer.response.raw.read1(READ_SIZE, decode_content=False)
+            data = answer.response.raw.read1(min(READ_SIZE, answer.skip + piece.left()), decode_content=False)
         except READ_ERRORS as e:
             return reason(e, self._transport.settings)
         if not data:
@@ -375,14 +377,7 @@ class Parallel:
             dropped = min(answer.skip, len(data))
             answer.skip, data = answer.skip - dropped, data[dropped:]
         with self._lock:
-            left = piece.left()
-            room = self._taken + WINDOW - piece.end
-            if len(data) > left and answer.open_ended and self._next == piece.end and room >= len(data) - left:
-                # An answer with no end, nobody after it, and room in the buffer: the piece grows.
-                piece.end = min(self._size, piece.end + min(room, max(len(data) - left, self._length())))
-                self._next = piece.end
-                left = piece.left()
-            kept = data[:left] if len(data) > left else data
+            kept = data[: piece.left()]  # (less when another connection took the rest meanwhile)
             if kept:
                 piece.chunks.append(kept)
                 piece.got += len(kept)

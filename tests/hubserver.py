@@ -13,7 +13,8 @@ Three real HTTP servers, each in a thread of the test process:
 
 Every request is logged (``server.log``, ``server.count(path)``), and faults can
 be armed per path: an error status (with Retry-After), a connection cut after N
-bytes, a stall, throttling, a wrong Content-Length, Range ignored. Blob bodies are
+bytes, a stall, throttling, a wrong Content-Length, Range or If-Range ignored, headers
+left out (``drop_headers``), or any of these chosen per request (``server.choose_fault``). Blob bodies are
 counted as sent (``server.completed(path)``: bodies that reached the blob's last
 byte; ``server.sent_bytes(path)``), apart from requests. A :class:`Pipe` (``server.pipe``,
 or :meth:`FakeHub.share_pipe` for all four servers) caps the bytes per second that
@@ -30,6 +31,7 @@ import re
 import socket
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Dict, List, Optional, Tuple
@@ -67,6 +69,8 @@ class Fault:
     bytes_per_second: Optional[int] = None  # throttle the body
     content_length: Optional[int] = None  # announce this length instead of the real one
     ignore_range: bool = False
+    ignore_if_range: bool = False  # answer Range even when If-Range names another version
+    drop_headers: Tuple[str, ...] = ()  # leave these out of a blob's answer (e.g. "ETag", "Accept-Ranges")
     times: Optional[int] = None
 
 
@@ -112,6 +116,9 @@ class HubServer:
         self.in_flight = 0  # blob bodies being sent now...
         self.max_in_flight = 0  # ...and the most at once
         self.pipe: Optional[Pipe] = None  # every body of this server goes through it
+        # Called with each request and the fault armed for it (or None); returns the
+        # fault to use instead: faults that depend on the request (its Range, its turn).
+        self.choose_fault: Optional[Callable[[Request, Optional[Fault]], Optional[Fault]]] = None
         self._completed: Dict[str, int] = {}  # path -> blob bodies sent through the last byte
         self._sent_bytes: Dict[str, int] = {}  # path -> blob body bytes written, cut bodies too
         self._lower = lower_case_paths
@@ -207,6 +214,28 @@ def goog_hash(data: bytes) -> str:
     return ",".join(parts)
 
 
+_DIGESTS: "OrderedDict[int, Tuple[bytes, str, str]]" = OrderedDict()
+_DIGESTS_LOCK = threading.Lock()
+
+
+def _digests(data: bytes) -> Tuple[str, str]:
+    """(ETag, x-goog-hash) of a blob's bytes, remembered for the last few blobs: a
+    big blob asked for in many ranges is not hashed again for each request."""
+    if type(data) is not bytes:  # mutable: hashed afresh every time
+        return f'"{hashlib.sha1(data).hexdigest()}"', goog_hash(data)
+    with _DIGESTS_LOCK:
+        found = _DIGESTS.get(id(data))
+        if found is not None and found[0] is data:
+            _DIGESTS.move_to_end(id(data))
+            return found[1], found[2]
+    etag, whole = f'"{hashlib.sha1(data).hexdigest()}"', goog_hash(data)
+    with _DIGESTS_LOCK:
+        _DIGESTS[id(data)] = (data, etag, whole)  # the bytes are held: their id stays theirs
+        while len(_DIGESTS) > 8:
+            _DIGESTS.popitem(last=False)
+    return etag, whole
+
+
 class _QuietServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
         pass  # clients hanging up mid-response is what the fault tests do
@@ -242,6 +271,8 @@ class _Handler(BaseHTTPRequestHandler):
             req.body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 1 << 20))
         hub._record(req)
         fault = hub._take_fault(parts.path)
+        if hub.choose_fault is not None:
+            fault = hub.choose_fault(req, fault)
         if fault and fault.status:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
             return self._send(Reply(fault.status, b"injected failure\n", headers), head)
@@ -269,9 +300,9 @@ class _Handler(BaseHTTPRequestHandler):
         total = len(data)
         start, end = 0, total  # [start, end)
         status = 200
-        etag = f'"{hashlib.sha1(data).hexdigest()}"'
+        etag, whole_hash = _digests(data)
         wanted = req.headers.get("range")
-        if req.headers.get("if-range", etag) != etag:
+        if req.headers.get("if-range", etag) != etag and not (fault and fault.ignore_if_range):
             wanted = None  # the representation changed: send it whole
         if wanted and not (fault and fault.ignore_range):
             m = re.fullmatch(r"bytes=(\d+)-(\d*)", wanted.strip())
@@ -281,13 +312,17 @@ class _Handler(BaseHTTPRequestHandler):
             end = min(total, int(m.group(2)) + 1) if m.group(2) else total
             status = 206
         body = data[start:end]
+        dropped = {h.lower() for h in fault.drop_headers} if fault else set()
         self.send_response(status)
         for k, v in reply.headers.items():
-            self.send_header(k, v)
-        if "x-goog-hash" not in {k.lower() for k in reply.headers}:
-            self.send_header("x-goog-hash", goog_hash(data))
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", etag)
+            if k.lower() not in dropped:
+                self.send_header(k, v)
+        if "x-goog-hash" not in {k.lower() for k in reply.headers} | dropped:
+            self.send_header("x-goog-hash", whole_hash)
+        if "accept-ranges" not in dropped:
+            self.send_header("Accept-Ranges", "bytes")
+        if "etag" not in dropped:
+            self.send_header("ETag", etag)
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{total}")
         announced = fault.content_length if fault and fault.content_length is not None else len(body)
