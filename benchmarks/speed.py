@@ -6,6 +6,7 @@ Workloads (built once into --work, default /tmp/hubcache-bench):
   compressible    1 GiB at a gzip ratio of about 2.45, tar.gz
   small-files     20,000 files of ~5.4 KiB (108 MiB), tar.gz
   tiny            a SavedModel-shaped archive of 200 KiB
+  incompressible-256m  256 MiB of random data in 8 files, tar.gz (the single-stream table)
 
 A separate server process serves them with sendfile. Each tool runs in a fresh
 process per run, extracting into a fresh directory on the same filesystem
@@ -23,7 +24,9 @@ imports its download stack lazily; that one-time cost is reported apart).
 Prints Markdown tables: fetches (with ratios to tensorflow_hub and to
 `curl | tar xzf -`), warm resolve per call, import time, cold start (a fresh
 process downloading a 4 KiB model, against `python -c "import requests"`),
-the first resolve of a cached 20,000-file entry in a process, and parallel
+the first resolve of a cached 20,000-file entry in a process, one stream in a
+fresh process against `curl | python -m isal.igzip -dc | tar xf -` (256 MiB and
+1 GiB incompressible, interpreter start and imports included), and parallel
 prefetch. --skip leaves parts out; only the workloads the rest needs are built.
 """
 
@@ -120,6 +123,19 @@ def build(work, wanted):
                     f"variables/variables.data-{i:05d}-of-00008",
                     (lambda i=i: _random_blocks(GIB // 8, i, False)),
                     GIB // 8,
+                )
+                for i in range(8)
+            ],
+            level=1,
+        ),
+        "incompressible-256m": lambda p: _gzip_tar(
+            p,
+            [("saved_model.pb", b"x" * 1000, 1000), ("variables", None, 0)]
+            + [
+                (
+                    f"variables/variables.data-{i:05d}-of-00008",
+                    (lambda i=i: _random_blocks(GIB // 32, i, False)),
+                    GIB // 32,
                 )
                 for i in range(8)
             ],
@@ -554,6 +570,40 @@ def parallel(port, scratch, work):
     _print_table(("parallel prefetch", "wall"), rows)
 
 
+def single_stream(port, scratch, paths, runs):
+    """Fetch + extract in a fresh process, interpreter start and imports included,
+    against the fastest shell pipeline: `curl | python -m isal.igzip -dc | tar xf -`."""
+    if importlib.util.find_spec("isal") is None:
+        print("isal is not installed (pip install 'hubcache[fast]'): single-stream table skipped\n")
+        return
+    env = dict(os.environ, HUBCACHE_DISABLE_PROGRESS="1", NO_PROXY="*", PYTHONPATH=REPO)
+    pipeline = "curl | python -m isal.igzip -dc | tar xf -"
+    rows = []
+    for workload in ("incompressible-256m", "incompressible"):
+        url = f"http://127.0.0.1:{port}/{os.path.basename(paths[workload])}"
+        times = {"hubcache": [], pipeline: []}
+        for i in range(runs):
+            for tool in list(times)[i % 2 :] + list(times)[: i % 2]:
+                out = os.path.join(scratch, f"stream-{len(times[tool])}-{tool[:4]}")
+                os.makedirs(out)
+                if tool == "hubcache":
+                    cmd = [sys.executable, "-c", "import hubcache, sys; hubcache.resolve(sys.argv[1])", url]
+                    run = dict(args=cmd, env=dict(env, TFHUB_CACHE_DIR=out))
+                else:
+                    inflate = f"'{sys.executable}' -m isal.igzip -dc"
+                    run = dict(args=f"curl -sf '{url}' | {inflate} | tar xf - -C '{out}'", shell=True)
+                t = time.perf_counter()
+                subprocess.run(check=True, **run)
+                times[tool].append(time.perf_counter() - t)
+                shutil.rmtree(out)
+        base = statistics.median(times[pipeline])
+        for tool, seconds in times.items():
+            rows.append(
+                (workload, tool, f"{statistics.median(seconds):.2f}", f"{statistics.median(seconds) / base:.2f}x")
+            )
+    _print_table(("one stream, fresh process", "tool", "median s", "vs pipeline"), rows)
+
+
 def _print_table(headers, rows):
     print("| " + " | ".join(headers) + " |")
     print("|" + "---|" * len(headers))
@@ -573,14 +623,16 @@ def main():
     )
     parser.add_argument("--only", default="", help="comma-separated workloads (default: all)")
     parser.add_argument(
-        "--skip", default="", help="comma-separated parts to skip: fetch,warm,startup,cold,firstuse,parallel"
+        "--skip", default="", help="comma-separated parts to skip: fetch,warm,startup,cold,firstuse,stream,parallel"
     )
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     only = set(filter(None, args.only.split(",")))
-    wanted = set() if "fetch" in skip else only or {"incompressible", "compressible", "small-files", "tiny"}
+    fetching = set() if "fetch" in skip else only or {"incompressible", "compressible", "small-files", "tiny"}
+    wanted = set(fetching)
     wanted |= set() if {"warm", "startup"} <= skip else {"tiny"}
     wanted |= set() if "firstuse" in skip else {"small-files"}
+    wanted |= set() if "stream" in skip else {"incompressible-256m", "incompressible"}
     paths = build(args.work, wanted)
     # Byte-compile hubcache as an installation does (this environment may set
     # PYTHONDONTWRITEBYTECODE, and an editable install then compiles on every import).
@@ -591,7 +643,7 @@ def main():
     try:
         print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; extracting into {scratch}\n")
         if "fetch" not in skip:
-            fetch_table(paths, port, args.runs, scratch, only)
+            fetch_table({w: p for w, p in paths.items() if w in fetching}, port, args.runs, scratch, only)
         if "warm" not in skip:
             warm_resolve(port, scratch, paths)
         if "startup" not in skip:
@@ -600,6 +652,8 @@ def main():
             cold_start(port, scratch, args.work)
         if "firstuse" not in skip:
             first_use(port, scratch, paths)
+        if "stream" not in skip:
+            single_stream(port, scratch, paths, max(args.runs, 5))
         if "parallel" not in skip:
             parallel(port, scratch, args.work)
     finally:

@@ -27,7 +27,7 @@ tools' order rotates from run to run; times are medians of --runs runs.
 
     .venv/bin/python benchmarks/wan.py [--size 256] [--runs 1] [--netem] [--rtt 40] [--loss 0.1]
         [--per-connection 25] [--cc cubic] [--link auto|netem|tun] [--limit 1000]
-        [--skip unthrottled,cap] [--tools hubcache,curl]
+        [--skip unthrottled,cap] [--tools hubcache,curl] [--log FILE]
 
 as root (--netem makes namespaces and links). --cc sets the server's TCP congestion
 control: this machine's default is BBR, which loss hardly slows; CUBIC, which many
@@ -239,7 +239,11 @@ import json, sys, time
 tool, url = sys.argv[1:3]
 t = time.perf_counter()
 if tool == "hubcache":
-    import hubcache
+    import hubcache, logging, os
+    if os.environ.get("WAN_LOG"):  # --log: hubcache's own log, pieces and connections
+        fmt = "%(relativeCreated)6d %(threadName)s %(message)s"
+        logging.basicConfig(filename=os.environ["WAN_LOG"], level=logging.DEBUG, format=fmt)
+        logging.getLogger("urllib3").setLevel(logging.INFO)
     fetch = hubcache.resolve
 else:
     import tensorflow_hub
@@ -369,6 +373,7 @@ def main():
     parser.add_argument("--cc", help="the server's TCP congestion control (default: the system's)")
     parser.add_argument("--skip", default="", help="comma-separated conditions: unthrottled,cap,netem")
     parser.add_argument("--tools", default="", help="comma-separated: hubcache,tensorflow_hub,curl,aria2c")
+    parser.add_argument("--log", metavar="FILE", help="append hubcache's debug log of every run to FILE")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "hubcache-wan"))
     parser.add_argument("--target", default="/dev/shm" if os.path.isdir("/dev/shm") else None)
     args = parser.parse_args()
@@ -383,6 +388,8 @@ def main():
     tools = tools_available(set(filter(None, args.tools.split(","))))
     cache = os.path.join(args.work, "pycache")  # hubcache's bytecode, compiled once, outside the tree
     env = dict(os.environ, HUBCACHE_DISABLE_PROGRESS="1", NO_PROXY="*", no_proxy="*", TF_CPP_MIN_LOG_LEVEL="3")
+    if args.log:
+        env["WAN_LOG"] = os.path.abspath(args.log)
     env.update(PYTHONPATH=REPO, PYTHONPYCACHEPREFIX=cache)
     subprocess.run([sys.executable, "-c", "import hubcache.download, hubcache.archive"], env=env, check=True)
     with open("/proc/sys/net/ipv4/tcp_congestion_control") as f:

@@ -16,9 +16,9 @@ on strictly in order, so hashes and the extractor see one stream, as before.
   piece that holds things up (the one the consumer waits on, or at the end).
 - **Failures:** a piece is retried alone, from the byte reached, with its
   connection's own retries and progress floor. An answer from another version
-  of the archive (ETag, length) fails the download: nothing is stitched. A new
-  connection that is refused (429, 503), or answered with the whole archive,
-  leaves its piece to the others, and no more are added.
+  of the archive (ETag, length) fails the download: nothing is stitched. A
+  request refused (429, 503, ...) or answered with the whole archive is not
+  retried while others work: its piece goes to them, and no more are added.
 - Each connection is a :meth:`Transport.twin`, under the same credentials rule,
   asking the URL that answered (a signed storage URL), or the start of the
   redirect chain again once that one no longer works.
@@ -69,7 +69,7 @@ class _Piece:
 
 
 class _RefusedError(Exception):
-    """A connection's request failed in a way more connections would not mend."""
+    """A request for a piece failed while other connections work: they take the piece."""
 
 
 class _Answer:
@@ -124,7 +124,6 @@ class Parallel:
         self._growing = True
         self._threads: List[threading.Thread] = []
         self._open: Set[requests.Response] = set()
-        self._proven: Set[Transport] = {transport}  # connections the server has answered
         self._alive = 0  # connections running
         self._starving = False  # the consumer waits for the head piece
         # The consumer's measures, for adding connections (its thread only).
@@ -225,7 +224,7 @@ class Parallel:
                     try:
                         answer = self._fill(transport, answer, piece)
                     except _RefusedError as e:
-                        counted = self._leave(transport, piece, e)
+                        counted = self._leave(piece, e)
                         if counted:
                             return
                         continue  # the last connection: it is retried as the first would be
@@ -250,12 +249,11 @@ class Parallel:
             if transport is not self._transport:
                 transport.close()
 
-    def _leave(self, transport: Transport, piece: _Piece, e: Exception) -> bool:
+    def _leave(self, piece: _Piece, e: Exception) -> bool:
         """A refused connection leaves its piece to the others, and the count
         stops there; the last connection stays, and is retried."""
         with self._lock:
             if self._alive == 1:
-                self._proven.add(transport)
                 return False
             piece.owned = False
             self._alive -= 1
@@ -398,36 +396,33 @@ class Parallel:
         if self._if_range:
             headers["If-Range"] = self._if_range
         with self._lock:
-            url = self._url
-        proven = transport in self._proven  # a new connection is not retried: see _RefusedError
+            url, alone = self._url, self._alive == 1
+        # With other connections at work, a failed request is not retried: its piece
+        # goes to them (see _leave). A server that limits connections answers 429 or
+        # 503 with a Retry-After, often long; more connections would not mend it.
         try:
-            response, final_url = transport.get(url, headers, retry=proven)
+            response, final_url = transport.get(url, headers, retry=alone)
             if response.status_code in _EXPIRED and url != self._requested_url:
                 # A signed URL may have expired: from the start of the chain, as a resume does.
                 transport.close_response(response)
-                response, final_url = transport.get(self._requested_url, headers, retry=proven)
+                response, final_url = transport.get(self._requested_url, headers, retry=alone)
                 with self._lock:
                     self._url = final_url
         except DownloadError as e:
-            if proven:
+            if alone:
                 raise
             raise _RefusedError(str(e)) from None
         status = response.status_code
-        if status == 200:
-            with self._lock:
-                alone, self._growing = self._alive == 1, False
-            if not alone:  # reading up to ``start`` is for the last connection only
-                transport.close_response(response)
-                raise _RefusedError("it answered a range with the whole archive")
-        if not proven and status not in (200, 206, 416):
-            transport.close_response(response)
-            raise _RefusedError(f"HTTP {status}")
-        self._proven.add(transport)
-        if status == 206:
+        if status in (200, 206):
             first, total = content_range(response.headers.get("Content-Range", ""))
-            answer = self._opened(transport, response, start, open_ended=False)
-            self._check_same(transport, answer, final_url, total)
-            if first != start:
+            answer = self._opened(transport, response, start, open_ended=status == 200)
+            self._check_same(transport, answer, final_url, total if status == 206 else content_length(response))
+            if status == 200:  # Range ignored: only the last connection reads up to ``start``
+                if not alone:
+                    self._close(transport, answer)
+                    raise _RefusedError("it answered a range with the whole archive")
+                answer.skip = start
+            elif first != start:
                 self._close(transport, answer)
                 raise DownloadError(
                     f"the download of {self._handle} cannot go on: {redact(final_url)} answered a request "
@@ -436,14 +431,11 @@ class Parallel:
                     url=redact(final_url),
                 )
             return answer
-        if status == 200:
-            answer = self._opened(transport, response, start, open_ended=True)
-            answer.skip = start
-            self._check_same(transport, answer, final_url, content_length(response))
-            return answer
         transport.close_response(response)
         if status == 416:
             raise archive_changed(self._handle, final_url)  # it no longer has those bytes
+        if not alone:
+            raise _RefusedError(f"HTTP {status}")
         raise http_error(status, final_url, transport)
 
     def _opened(self, transport: Transport, response: requests.Response, position: int, open_ended: bool) -> _Answer:

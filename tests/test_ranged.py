@@ -232,6 +232,39 @@ def test_a_failed_piece_is_retried_alone_from_the_byte_reached(env, hub, cache_d
     assert hub.storage.sent_bytes(blob) < 1.5 * len(archive)
 
 
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_server_that_refuses_more_connections_gets_fewer(env, hub, cache_dir, status):
+    """A server that allows two bodies at once answers the rest 429/503 (with
+    Retry-After, as rate limiters do): those connections leave their pieces to the
+    others at once, rather than waiting out backoffs, and no more are added."""
+    files, archive = model(1, 32 * MIB)
+    handle, blob = publish(hub, f"refusing-{status}", archive)
+    lock, refused = threading.Lock(), []
+
+    def choose(req: Request, fault: Optional[Fault]) -> Optional[Fault]:
+        with lock:
+            if req.path == blob and hub.storage.in_flight >= 2:
+                refused.append(req)
+                return Fault(status=status, retry_after="30")
+        return fault
+
+    hub.storage.choose_fault = choose
+    started = time.monotonic()
+    path = hubcache.resolve(handle)
+    elapsed = time.monotonic() - started
+    check_entry(path, files, archive)
+    hub.storage.wait_idle()
+    requests = gets(hub, blob)
+    assert refused, "no connection beyond the second was tried: nothing was refused"
+    assert len(ranged(requests)) - len(refused) >= 1, "the second connection fetched nothing"
+    # Refused pieces were not retried after Retry-After's 30 s: the download took
+    # about what two connections need (32 MiB at 2 x 8 MiB/s), not 30 s more.
+    assert elapsed < 25, elapsed
+    # Connections stop being added once one is refused: a handful, not one per tick.
+    assert len(refused) <= 4, [r.headers.get("range") for r in refused]
+    assert hub.storage.sent_bytes(blob) < 1.25 * len(archive)
+
+
 # -- 3. the archive changes on the server mid-download -------------------------------
 
 
