@@ -577,14 +577,14 @@ def single_stream(port, scratch, paths, runs):
         print("isal is not installed (pip install 'hubcache[fast]'): single-stream table skipped\n")
         return
     env = dict(os.environ, HUBCACHE_DISABLE_PROGRESS="1", NO_PROXY="*", PYTHONPATH=REPO)
-    pipeline = "curl | python -m isal.igzip -dc | tar xf -"
+    pipeline = r"`curl \| python -m isal.igzip -dc \| tar xf -`"  # (as a Markdown cell)
     rows = []
     for workload in ("incompressible-256m", "incompressible"):
         url = f"http://127.0.0.1:{port}/{os.path.basename(paths[workload])}"
         times = {"hubcache": [], pipeline: []}
         for i in range(runs):
             for tool in list(times)[i % 2 :] + list(times)[: i % 2]:
-                out = os.path.join(scratch, f"stream-{len(times[tool])}-{tool[:4]}")
+                out = os.path.join(scratch, f"stream-{workload}-{len(times[tool])}-{tool == pipeline}")
                 os.makedirs(out)
                 if tool == "hubcache":
                     cmd = [sys.executable, "-c", "import hubcache, sys; hubcache.resolve(sys.argv[1])", url]

@@ -14,7 +14,7 @@ import http.client
 import json
 import re
 import time
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import requests
 import urllib3
@@ -22,6 +22,13 @@ import urllib3
 from .config import Settings
 from .errors import DownloadError
 from .transport import Transport, http_error, reason, redact
+
+#: New bytes after a failure that count as progress and start the failure count
+#: over: a server that sends a few bytes per attempt must not retry forever.
+PROGRESS_BYTES = 64 << 10
+#: Headers that name one version of an object: two answers that disagree on
+#: one of them hold two versions, which must never be stitched together.
+VERSION_HEADERS = ("ETag", "x-goog-hash", "x-goog-generation")
 
 #: What reading a body may raise when the connection fails.
 READ_ERRORS = (
@@ -115,6 +122,17 @@ def content_range(value: str) -> Tuple[Optional[int], Optional[int]]:
     if not m:
         return None, None
     return int(m.group(1)), (int(m.group(2)) if m.group(2) != "*" else None)
+
+
+def other_version(first: Mapping[str, str], then: Mapping[str, str]) -> bool:
+    """Whether the answer with headers ``then`` holds another version than ``first``'s."""
+    return any(first.get(h) and then.get(h) and first.get(h) != then.get(h) for h in VERSION_HEADERS)
+
+
+def if_range(etag: Optional[str]) -> Dict[str, str]:
+    """The If-Range header for ``etag``: a changed object then comes back whole
+    (200). Only a strong ETag may be used; a weak one gives none."""
+    return {"If-Range": etag} if etag and not etag.startswith("W/") else {}
 
 
 def archive_changed(handle: str, url: str) -> DownloadError:

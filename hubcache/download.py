@@ -21,7 +21,17 @@ from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple
 
 import requests
 
-from .answers import READ_ERRORS, Floor, StorageChecksum, archive_changed, content_length, content_range
+from .answers import (
+    PROGRESS_BYTES,
+    READ_ERRORS,
+    Floor,
+    StorageChecksum,
+    archive_changed,
+    content_length,
+    content_range,
+    if_range,
+    other_version,
+)
 from .cancel import shutdown
 from .config import Settings
 from .errors import DownloadError, IntegrityError
@@ -32,9 +42,6 @@ from .transport import Transport, http_error, reason, redact
 log = logging.getLogger("hubcache")
 
 CHUNK_SIZE = 1 << 20  # bytes per network read: 1/4 of the GIL handoffs and queue items of 256 KiB
-#: New bytes after a failure that count as progress and start the failure count
-#: over: a server that sends a few bytes per attempt must not retry forever.
-PROGRESS_BYTES = 64 << 10
 #: A smaller archive stays on one connection: more would save it little.
 PARALLEL_MIN_SIZE = 16 << 20
 
@@ -93,6 +100,7 @@ class Body:
         headers = response.headers
         self.size = content_length(response)
         self._etag = headers.get("ETag")
+        self._version = headers  # every later answer must hold the same version (other_version)
         self._hash = hashlib.sha256()
         self._storage_check = StorageChecksum.from_header(headers.get("x-goog-hash", ""))
         self._skip = 0  # bytes to drop after a restart from zero
@@ -166,11 +174,12 @@ class Body:
                         self._response,
                         url=self.url,
                         requested_url=self.requested_url,
-                        etag=self._etag,
+                        version=self._version,
                         size=self.size or 0,
                         position=self.bytes_read,
                         rate=watch.rate,
                     )
+                    self._parallel.start()  # (once it is ours to close)
                     yield from self._parallel.chunks()
                     return
             problem = floor.check(self._received)
@@ -239,9 +248,7 @@ class Body:
         self._progress_mark = self.bytes_read
         self._transport.close_response(self._response)
         log.debug("%s: resuming at byte %d", self.handle, self.bytes_read)
-        headers = {"Range": f"bytes={self.bytes_read}-"}
-        if self._etag:
-            headers["If-Range"] = self._etag  # a changed archive comes back whole (200)
+        headers = {"Range": f"bytes={self.bytes_read}-", **if_range(self._etag)}
         # From the start of the chain: a signed storage URL may have expired.
         response, url = self._transport.get(self.requested_url, headers)
         status = response.status_code
@@ -279,8 +286,7 @@ class Body:
 
     def _check_same(self, response: requests.Response, url: str, size: Optional[int]) -> None:
         """Refuse to stitch together two versions of the archive."""
-        etag = response.headers.get("ETag")
-        if (self._etag and etag and etag != self._etag) or (
+        if other_version(self._version, response.headers) or (
             self.size is not None and size is not None and size != self.size
         ):
             self._transport.close_response(response)

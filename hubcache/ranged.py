@@ -9,11 +9,13 @@ on strictly in order, so hashes and the extractor see one stream, as before.
 
 - **Memory:** pieces are claimed only within WINDOW bytes of what the consumer
   took: at most WINDOW bytes wait, whatever the archive's size.
-- **Connections** double every TICK while the consumer waits for bytes, up to
-  ``HUBCACHE_CONNECTIONS``, until a doubling no longer raises the rate.
+- **Connections:** FIRST at once, then twice as many every few TICKs while the
+  consumer waits for bytes, up to ``HUBCACHE_CONNECTIONS``, until a doubling no
+  longer raises the rate by GAIN.
 - **Pieces** last about PIECE_SECONDS at a connection's rate: long against a
   round trip, short against the window. A connection without work splits the
-  piece that holds things up (the one the consumer waits on, or at the end).
+  piece that holds things up (the one the consumer waits on, or at the end),
+  or takes all it lacks from a connection that stalled.
 - **Failures:** a piece is retried alone, from the byte reached, with its
   connection's own retries and progress floor. An answer from another version
   of the archive (ETag, length) fails the download: nothing is stitched. A
@@ -30,13 +32,22 @@ import collections
 import logging
 import threading
 import time
-from typing import Deque, Iterator, List, Optional, Set, Tuple
+from typing import Deque, Iterator, List, Mapping, Optional, Tuple
 
 import requests
 
-from .answers import READ_ERRORS, Floor, archive_changed, content_length, content_range
-from .cancel import shutdown
-from .errors import DownloadError
+from .answers import (
+    PROGRESS_BYTES,
+    READ_ERRORS,
+    Floor,
+    archive_changed,
+    content_length,
+    content_range,
+    if_range,
+    other_version,
+)
+from .cancel import Cancellation, shutdown
+from .errors import DownloadError, HubcacheError
 from .transport import Transport, http_error, reason, redact
 
 log = logging.getLogger("hubcache")
@@ -45,17 +56,18 @@ WINDOW = 64 << 20  # the most bytes claimed ahead of the consumer: the buffer's 
 MIN_PIECE = 1 << 20  # smaller pieces would spend more on requests than on bytes
 PIECE_SECONDS = 1.0  # a piece's length in time at its connection's rate
 READ_SIZE = 1 << 20  # most bytes per network read, as download.CHUNK_SIZE
+FIRST = 4  # connections once a single stream turned out network-bound
 TICK = 0.25  # seconds between two looks at the consumer's waits
 STARVED = 0.3  # share of a tick spent waiting for bytes that calls for more connections
-GAIN = 1.15  # how much more a doubling must bring for the next to be tried
-PROGRESS_BYTES = 64 << 10  # new bytes that start a connection's count of failures over
+GAIN = 1.3  # how much more a doubling must bring for the next to be tried (per-flow caps: 2x)
+STALLED = 1.0  # seconds without bytes after which a piece the consumer waits on is taken over
 _EXPIRED = frozenset({401, 403, 404, 410})  # what a signed URL answers once it expired
 
 
 class _Piece:
     """Bytes [start, end) of the archive, received in order by one connection."""
 
-    __slots__ = ("start", "end", "got", "chunks", "owned")
+    __slots__ = ("start", "end", "got", "chunks", "owned", "moved")
 
     def __init__(self, start: int, end: int) -> None:
         self.start = start
@@ -63,9 +75,13 @@ class _Piece:
         self.got = 0  # bytes received, from start
         self.chunks: Deque[bytes] = collections.deque()  # received, not yet handed on
         self.owned = True  # a connection fills it (False: its connection gave up)
+        self.moved = time.monotonic()  # when it was claimed, or last received bytes
 
     def left(self) -> int:
         return self.end - self.start - self.got
+
+
+_ENDED = "the answer ended"  # cleanly, before the piece did
 
 
 class _RefusedError(Exception):
@@ -97,7 +113,7 @@ class Parallel:
         *,
         url: str,
         requested_url: str,
-        etag: Optional[str],
+        version: Mapping[str, str],
         size: int,
         position: int,
         rate: float,
@@ -106,8 +122,8 @@ class Parallel:
         self._handle = transport.handle
         self._url = url
         self._requested_url = requested_url
-        self._etag = etag
-        self._if_range = etag if etag and not etag.startswith("W/") else None  # If-Range needs a strong one
+        self._version = version  # the first answer's headers: every piece must be of its version
+        self._if_range = if_range(version.get("ETag"))
         self._size = size
         self._cap = transport.settings.connections
         lock = threading.Lock()
@@ -123,7 +139,9 @@ class Parallel:
         self._closed = False
         self._growing = True
         self._threads: List[threading.Thread] = []
-        self._open: Set[requests.Response] = set()
+        # The connections' own: closing stops them all, even one waiting out a Retry-After.
+        self._cancellation = Cancellation(transport.settings.cancellation)
+        self._response = response
         self._alive = 0  # connections running
         self._starving = False  # the consumer waits for the head piece
         # The consumer's measures, for adding connections (its thread only).
@@ -131,12 +149,16 @@ class Parallel:
         self._waited = 0.0
         self._grew_at: Optional[float] = None  # the rate before the last doubling...
         self._ticks_since_growth = 0  # ...and the ticks since
-        with lock:
+        self._position = position
+
+    def start(self) -> None:
+        """Go on over the first answer, and more connections at once (its single
+        stream was network-bound)."""
+        with self._lock:
             first = self._claim()
-        self._open.add(response)
         log.info("%s: fetching the rest over parallel ranges", self._handle)
-        self._start(transport, _Answer(response, position, open_ended=True), first)
-        self._grow()  # a second connection at once: the single stream was network-bound
+        self._start(_Answer(self._response, self._position, open_ended=True), first)
+        self._grow(FIRST - 1)
 
     # ------------------------------------------------------------ consumer side
 
@@ -145,7 +167,9 @@ class Parallel:
             with self._lock:
                 while True:
                     if self._error is not None:
-                        raise self._error
+                        raise self._failure()
+                    while self._pieces and self._taken >= self._pieces[0].end:  # (emptied by _split)
+                        self._pieces.popleft()
                     head = self._pieces[0] if self._pieces else None
                     if head is not None and head.chunks:
                         data = head.chunks.popleft()
@@ -184,32 +208,49 @@ class Parallel:
                 return
             if rate < self._grew_at * GAIN:
                 self._growing = False
-                log.debug("%s: %d connections; more did not raise the rate", self._handle, len(self._threads))
+                log.debug(
+                    "%s: %d connections; more did not raise the rate (%.1f MB/s before, %.1f after)",
+                    self._handle, len(self._threads), self._grew_at / 1e6, rate / 1e6,
+                )  # fmt: skip
                 return
         if starved:
             self._grew_at, self._ticks_since_growth = rate, 0
-            self._grow()
+            self._grow(len(self._threads))
+            log.debug("%s: %d connections, at %.1f MB/s", self._handle, len(self._threads), rate / 1e6)
 
-    def _grow(self) -> None:
-        for _ in range(min(self._cap - len(self._threads), len(self._threads))):
-            self._start(self._transport.twin(), None, None)
-        log.debug("%s: %d connections", self._handle, len(self._threads))
+    def _grow(self, more: int) -> None:
+        for _ in range(min(self._cap - len(self._threads), more)):
+            self._start(None, None)
+
+    def _failure(self) -> BaseException:
+        """A connection's error, as the consumer raises it."""
+        e = self._error
+        assert e is not None
+        if isinstance(e, (HubcacheError, KeyboardInterrupt)):
+            return e
+        return DownloadError(  # a bug rather than the network: say how to go around it
+            f"the parallel download of {self._handle} failed ({type(e).__name__}: {e}). Try again, "
+            "or set HUBCACHE_CONNECTIONS=1 for a single stream, and report it.",
+            handle=self._handle,
+        )
 
     def close(self) -> None:
-        """Stop every connection (the download ended, failed or was cancelled)."""
+        """Stop every connection (the download ended, failed or was cancelled):
+        reads and waits, Retry-After included, end at once."""
         with self._lock:
             self._closed = True
-            responses = list(self._open)
             self._room.notify_all()
-        for response in responses:
-            shutdown(response)
+        self._cancellation.cancel()
+        shutdown(self._response)
         deadline = time.monotonic() + 2  # (one still connecting gives up by itself)
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._cancellation.close()
 
     # ---------------------------------------------------------- connection side
 
-    def _start(self, transport: Transport, answer: Optional[_Answer], piece: Optional[_Piece]) -> None:
+    def _start(self, answer: Optional[_Answer], piece: Optional[_Piece]) -> None:
+        transport = self._transport.twin(self._cancellation)
         thread = threading.Thread(target=self._run, args=(transport, answer, piece), name="hubcache-range", daemon=True)
         self._threads.append(thread)
         with self._lock:
@@ -224,6 +265,7 @@ class Parallel:
                     try:
                         answer = self._fill(transport, answer, piece)
                     except _RefusedError as e:
+                        answer = None  # (closed)
                         counted = self._leave(piece, e)
                         if counted:
                             return
@@ -232,8 +274,8 @@ class Parallel:
                 if piece is None:
                     counted = True
                     return
-                if answer is not None and piece.start != answer.position:
-                    self._close(transport, answer)  # the next piece is elsewhere
+                if answer is not None and piece.start + piece.got != answer.position:
+                    transport.close_response(answer.response)  # the next piece is elsewhere
                     answer = None
         except BaseException as e:  # handed to the consumer
             with self._lock:
@@ -245,9 +287,8 @@ class Parallel:
                 with self._lock:
                     self._alive -= 1
             if answer is not None:
-                self._close(transport, answer)
-            if transport is not self._transport:
-                transport.close()
+                transport.close_response(answer.response)
+            transport.close()
 
     def _leave(self, piece: _Piece, e: Exception) -> bool:
         """A refused connection leaves its piece to the others, and the count
@@ -257,7 +298,6 @@ class Parallel:
                 return False
             piece.owned = False
             self._alive -= 1
-            self._cap = max(1, self._cap - 1)
             self._growing = False
             self._room.notify_all()
         log.info("%s: a connection was refused (%s); going on with fewer", self._handle, e)
@@ -280,7 +320,7 @@ class Parallel:
 
     def _length(self) -> int:
         """How long a new piece should be (lock held)."""
-        most = max(MIN_PIECE, WINDOW // (2 * max(1, len(self._threads))))
+        most = max(MIN_PIECE, WINDOW // (2 * max(FIRST, len(self._threads))))
         return max(MIN_PIECE, min(int(self._rate * PIECE_SECONDS), most))
 
     def _claim(self) -> Optional[_Piece]:
@@ -293,7 +333,7 @@ class Parallel:
         rest = self._size - self._next
         if rest > 0 and room >= min(rest, MIN_PIECE):
             length = min(rest, room, self._length())
-            if rest - length < MIN_PIECE:
+            if rest - length < MIN_PIECE and rest <= room:
                 length = rest  # no crumb left at the end
             piece = _Piece(self._next, self._next + length)
             self._next = piece.end
@@ -307,8 +347,17 @@ class Parallel:
         every byte has a connection, the one with most left (lock held). The
         piece's connection is closed when it reaches the half (what it had in
         flight is lost), so a piece is split only with a second's worth left."""
+        first = next((p for p in self._pieces if p.left()), None)
+        if first is not None and self._starving and time.monotonic() - first.moved > STALLED:
+            # The consumer waits on a piece whose connection stalled (a lost packet
+            # retransmitted after seconds): another connection takes all it lacks.
+            rest = _Piece(first.start + first.got, first.end)
+            first.end = rest.start
+            self._pieces.insert(self._pieces.index(first) + 1, rest)
+            log.debug("%s: bytes %d-%d taken from a stalled connection", self._handle, rest.start, rest.end - 1)
+            return rest
         if self._next < self._size:
-            candidates = [p for p in self._pieces if p.left()][:1] if self._starving else []
+            candidates = [first] if first is not None and self._starving else []
         else:
             candidates = sorted(self._pieces, key=_Piece.left, reverse=True)[:1]
         for piece in candidates:
@@ -325,8 +374,8 @@ class Parallel:
         """Receive ``piece`` whole, retrying alone what fails. ``answer``, if
         any, is open at the piece's first missing byte. Returns it if it may go
         on into the next piece (it was asked for no end); else closes it."""
-        floor = Floor(transport.settings)
-        mark = 0  # piece.got at the last failure
+        floor = Floor(transport.settings, answer.received if answer is not None else 0)
+        mark = piece.got  # at the last failure
         began, first = time.monotonic(), piece.got
         while True:
             with self._lock:
@@ -336,23 +385,26 @@ class Parallel:
             if position >= end:
                 self._measured(piece.got - first, time.monotonic() - began)
                 if answer is not None and not answer.open_ended:
-                    self._close(transport, answer)  # read to its end, it stays in the pool
+                    transport.close_response(answer.response)  # read to its end, it stays in the pool
                     answer = None
                 return answer
             if answer is None:
                 answer = self._request(transport, position, end)
                 floor.restart(0)
             problem = self._read(answer, piece)
-            if problem is None:
+            if problem is _ENDED:  # a shorter range than asked for: ask for the rest
+                transport.close_response(answer.response)
+                answer, problem = None, None
+            elif problem is None:
                 if piece.got - mark >= PROGRESS_BYTES:
                     transport.failures = 0  # real progress: the count starts over
                 if answer.position > piece.end:  # it ran into a piece another connection took
-                    self._close(transport, answer)
+                    transport.close_response(answer.response)
                     answer = None
                 problem = floor.check(answer.received) if answer is not None else None
             if problem is not None:
                 if answer is not None:
-                    self._close(transport, answer)
+                    transport.close_response(answer.response)
                     answer = None
                 if self._closed:
                     return None
@@ -361,28 +413,42 @@ class Parallel:
                 transport.failed(f"the part of the download from byte {where} stopped ({problem})", None, self._url)
 
     def _read(self, answer: _Answer, piece: _Piece) -> Optional[str]:
-        """One read from ``answer`` into ``piece``, never past its end (an answer
-        with no end then goes on into the next piece, if this connection gets
-        it); what went wrong, or None."""
+        """Read from ``answer`` into ``piece``, never past its end (an answer with
+        no end then goes on into the next piece, if this connection gets it);
+        what went wrong, or None. Reads are gathered up to a tenth of a second's
+        worth before they are handed on: one hand-over per packet would cost
+        more than the bytes. What arrived before a failure is kept."""
+        want = min(max(64 << 10, min(READ_SIZE, int(self._rate / 10))), answer.skip + piece.left())
+        parts: List[bytes] = []
+        problem = None
+        raw = answer.response.raw
+        read = raw.read1 if hasattr(raw, "read1") else raw.read  # (read1: urllib3 2.2 and later)
         try:
-            data = answer.response.raw.read1(min(READ_SIZE, answer.skip + piece.left()), decode_content=False)
+            while want > 0:
+                data = read(want, decode_content=False)
+                if not data:  # (urllib3 raises for a body cut short of its length)
+                    problem = _ENDED if answer.received or parts else "the connection was closed early"
+                    break
+                parts.append(data)
+                want -= len(data)
         except READ_ERRORS as e:
-            return reason(e, self._transport.settings)
-        if not data:
-            return "the connection was closed early"
-        answer.received += len(data)
-        if answer.skip:
-            dropped = min(answer.skip, len(data))
-            answer.skip, data = answer.skip - dropped, data[dropped:]
+            problem = reason(e, self._transport.settings)
         with self._lock:
-            kept = data[: piece.left()]  # (less when another connection took the rest meanwhile)
-            if kept:
-                piece.chunks.append(kept)
-                piece.got += len(kept)
-                self._arrived += len(kept)
+            for data in parts:
+                answer.received += len(data)
+                if answer.skip:
+                    dropped = min(answer.skip, len(data))
+                    answer.skip, data = answer.skip - dropped, data[dropped:]
+                kept = data[: piece.left()]  # (less when another connection took the rest meanwhile)
+                if kept:
+                    piece.chunks.append(kept)
+                    piece.got += len(kept)
+                    piece.moved = time.monotonic()
+                    self._arrived += len(kept)
+                answer.position += len(data)
+            if parts:
                 self._data.notify()
-        answer.position += len(data)
-        return None
+        return problem
 
     def _measured(self, n: int, seconds: float) -> None:
         if n >= MIN_PIECE and seconds > 0:
@@ -392,9 +458,7 @@ class Parallel:
     def _request(self, transport: Transport, start: int, end: int) -> _Answer:
         """An answer that holds bytes [start, end) (after bytes to skip, from a
         server that ignored Range)."""
-        headers = {"Range": f"bytes={start}-{end - 1}"}
-        if self._if_range:
-            headers["If-Range"] = self._if_range
+        headers = {"Range": f"bytes={start}-{end - 1}", **self._if_range}
         with self._lock:
             url, alone = self._url, self._alive == 1
         # With other connections at work, a failed request is not retried: its piece
@@ -415,15 +479,18 @@ class Parallel:
         status = response.status_code
         if status in (200, 206):
             first, total = content_range(response.headers.get("Content-Range", ""))
-            answer = self._opened(transport, response, start, open_ended=status == 200)
-            self._check_same(transport, answer, final_url, total if status == 206 else content_length(response))
+            size = total if status == 206 else content_length(response)
+            if other_version(self._version, response.headers) or size != self._size:
+                transport.close_response(response)
+                raise archive_changed(self._handle, final_url)
+            answer = _Answer(response, start, open_ended=status == 200)
             if status == 200:  # Range ignored: only the last connection reads up to ``start``
                 if not alone:
-                    self._close(transport, answer)
+                    transport.close_response(response)
                     raise _RefusedError("it answered a range with the whole archive")
                 answer.skip = start
             elif first != start:
-                self._close(transport, answer)
+                transport.close_response(response)
                 raise DownloadError(
                     f"the download of {self._handle} cannot go on: {redact(final_url)} answered a request "
                     f"for bytes {start}-{end - 1} with another range. Try again, or set HUBCACHE_CONNECTIONS=1.",
@@ -437,24 +504,3 @@ class Parallel:
         if not alone:
             raise _RefusedError(f"HTTP {status}")
         raise http_error(status, final_url, transport)
-
-    def _opened(self, transport: Transport, response: requests.Response, position: int, open_ended: bool) -> _Answer:
-        answer = _Answer(response, position, open_ended)
-        with self._lock:
-            self._open.add(response)
-            closed = self._closed
-        if closed:
-            shutdown(response)
-        return answer
-
-    def _check_same(self, transport: Transport, answer: _Answer, url: str, size: Optional[int]) -> None:
-        """Refuse an answer from another version of the archive."""
-        etag = answer.response.headers.get("ETag")
-        if (self._etag and etag and etag != self._etag) or size != self._size:
-            self._close(transport, answer)
-            raise archive_changed(self._handle, url)
-
-    def _close(self, transport: Transport, answer: _Answer) -> None:
-        with self._lock:
-            self._open.discard(answer.response)
-        transport.close_response(answer.response)

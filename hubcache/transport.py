@@ -216,10 +216,12 @@ class Transport:
         # on-the-fly encoding would make byte ranges meaningless.
         self.session.headers["Accept-Encoding"] = "identity"
 
-    def twin(self) -> "Transport":
+    def twin(self, cancellation: Optional[Cancellation] = None) -> "Transport":
         """Another transport for this download (one more connection): the same
-        credentials and origins, its own session and count of failures."""
-        other = Transport(self.handle, self.settings, None)
+        credentials and origins, its own session, count of failures and, if
+        given, cancellation."""
+        settings = self.settings if cancellation is None else self.settings.replace(cancellation=cancellation)
+        other = Transport(self.handle, settings, None)
         other.credentials, other.allowed = self.credentials, self.allowed
         return other
 
