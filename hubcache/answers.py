@@ -135,6 +135,29 @@ def if_range(etag: Optional[str]) -> Dict[str, str]:
     return {"If-Range": etag} if etag and not etag.startswith("W/") else {}
 
 
+def check_part(
+    transport: Transport, response: requests.Response, url: str, start: int, version: Mapping[str, str], size: Any
+) -> None:
+    """Refuse an answer to a request for an object's bytes from ``start`` on (206;
+    or 200, the whole object: Range ignored) that holds another version than the
+    one whose headers are ``version``, another ``size`` (None: unknown), or
+    other bytes. The answer is closed first."""
+    partial = response.status_code == 206
+    first, total = content_range(response.headers.get("Content-Range", "")) if partial else (start, None)
+    total = total if partial else content_length(response)
+    changed = other_version(version, response.headers) or (None not in (size, total) and total != size)
+    if changed or first != start:
+        transport.close_response(response)
+        if changed:
+            raise archive_changed(transport.handle, url)
+        raise DownloadError(
+            f"the download of {transport.handle} cannot resume: {redact(url)} answered a request for "
+            f"bytes from {start} on with another range. Try again.",
+            handle=transport.handle,
+            url=redact(url),
+        )
+
+
 def archive_changed(handle: str, url: str) -> DownloadError:
     """Parts of two versions of an archive must never be stitched together."""
     return DownloadError(

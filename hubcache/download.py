@@ -26,11 +26,10 @@ from .answers import (
     READ_ERRORS,
     Floor,
     StorageChecksum,
-    archive_changed,
+    check_part,
     content_length,
     content_range,
     if_range,
-    other_version,
 )
 from .cancel import shutdown
 from .config import Settings
@@ -252,20 +251,12 @@ class Body:
         # From the start of the chain: a signed storage URL may have expired.
         response, url = self._transport.get(self.requested_url, headers)
         status = response.status_code
+        if status in (200, 206):
+            check_part(self._transport, response, url, self.bytes_read, self._version, self.size)
         if status == 206:
-            start, full = content_range(response.headers.get("Content-Range", ""))
-            if start != self.bytes_read:
-                self._transport.close_response(response)
-                raise DownloadError(
-                    f"the download of {self.handle} cannot resume: {redact(url)} answered a "
-                    f"request for bytes {self.bytes_read}- with another range. Try again.",
-                    handle=self.handle,
-                    url=redact(url),
-                )
-            self._check_same(response, url, full)
+            full = content_range(response.headers.get("Content-Range", ""))[1]
             self.size = full if full is not None else self.size
         elif status == 200:
-            self._check_same(response, url, content_length(response))
             log.info("%s: the server ignores Range; reading again from the start", self.handle)
             self._skip = self.bytes_read
         elif status == 416:
@@ -283,14 +274,6 @@ class Body:
             self._transport.close_response(response)
             raise http_error(status, url, self._transport)
         self._response, self.url = response, url
-
-    def _check_same(self, response: requests.Response, url: str, size: Optional[int]) -> None:
-        """Refuse to stitch together two versions of the archive."""
-        if other_version(self._version, response.headers) or (
-            self.size is not None and size is not None and size != self.size
-        ):
-            self._transport.close_response(response)
-            raise archive_changed(self.handle, url)
 
 
 #: Answers after which the next route is tried: Kaggle's page route is seen

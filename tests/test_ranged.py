@@ -34,6 +34,7 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 
 import hubcache
+import hubcache.ranged
 from hubcache.handles import cache_key
 
 from archives import read_tree
@@ -220,14 +221,17 @@ def test_a_failed_piece_is_retried_alone_from_the_byte_reached(env, hub, cache_d
     hub.storage.wait_idle()
     requests = gets(hub, blob)
     assert sum("range" not in r.headers for r in requests) == 1, "the whole download started over"
-    # Asked for again from the byte reached; a connection left without work may split
-    # what is left of it (and ask for the tail), but nothing received is asked for twice.
+    # Asked for again once, from the last read completed before the failure (a
+    # connection reads a tenth of a second's worth at a time, at most READ_SIZE: what
+    # the failed read had is asked for again); a connection left without work may
+    # split what is left of it (and ask for the tail). Nothing before is asked again.
     later = ranged(requests[requests.index(hit["req"]) + 1 :])
     again = [r for r in later if hit["first"] <= span(r)[0] <= hit["last"]]
     asked = [r.headers["range"] for r in again]
     message = f"piece {hit['first']}-{hit['last']} failed at {hit['reached']}; then asked: {asked}"
-    assert [span(r)[0] for r in again].count(hit["reached"]) == 1, message
-    assert all(hit["reached"] <= span(r)[0] and span(r)[1] <= hit["last"] for r in again), message
+    lost = hubcache.ranged.READ_SIZE
+    assert sum(span(r)[0] <= hit["reached"] for r in again) == 1, message
+    assert all(hit["reached"] - lost <= span(r)[0] and span(r)[1] <= hit["last"] for r in again), message
     assert all(r.headers.get("if-range") == etag_of(archive) for r in again)
     assert hub.storage.sent_bytes(blob) < 1.5 * len(archive)
 
