@@ -111,49 +111,27 @@ def _random_blocks(total, seed, compressible):
             yield rng.randbytes(block)
 
 
+def _weights(path, total, seed, compressible, level):
+    """A SavedModel-shaped tar.gz: ``total`` bytes of variables in 8 shards."""
+    shard = total // 8
+    members = [
+        (
+            f"variables/variables.data-{i:05d}-of-00008",
+            (lambda i=i: _random_blocks(shard, seed + i, compressible)),
+            shard,
+        )
+        for i in range(8)
+    ]
+    _gzip_tar(path, [("saved_model.pb", b"x" * 1000, 1000), ("variables", None, 0)] + members, level=level)
+
+
 def build(work, wanted):
     """The workloads named in ``wanted`` (built once), as {name: path}."""
     os.makedirs(work, exist_ok=True)
     specs = {
-        "incompressible": lambda p: _gzip_tar(
-            p,
-            [("saved_model.pb", b"x" * 1000, 1000), ("variables", None, 0)]
-            + [
-                (
-                    f"variables/variables.data-{i:05d}-of-00008",
-                    (lambda i=i: _random_blocks(GIB // 8, i, False)),
-                    GIB // 8,
-                )
-                for i in range(8)
-            ],
-            level=1,
-        ),
-        "incompressible-256m": lambda p: _gzip_tar(
-            p,
-            [("saved_model.pb", b"x" * 1000, 1000), ("variables", None, 0)]
-            + [
-                (
-                    f"variables/variables.data-{i:05d}-of-00008",
-                    (lambda i=i: _random_blocks(GIB // 32, i, False)),
-                    GIB // 32,
-                )
-                for i in range(8)
-            ],
-            level=1,
-        ),
-        "compressible": lambda p: _gzip_tar(
-            p,
-            [("saved_model.pb", b"x" * 1000, 1000), ("variables", None, 0)]
-            + [
-                (
-                    f"variables/variables.data-{i:05d}-of-00008",
-                    (lambda i=i: _random_blocks(GIB // 8, 100 + i, True)),
-                    GIB // 8,
-                )
-                for i in range(8)
-            ],
-            level=6,
-        ),
+        "incompressible": lambda p: _weights(p, GIB, 0, False, level=1),
+        "incompressible-256m": lambda p: _weights(p, GIB // 4, 0, False, level=1),
+        "compressible": lambda p: _weights(p, GIB, 100, True, level=6),
         "small-files": lambda p: _gzip_tar(
             p,
             [("saved_model.pb", b"x" * 1000, 1000), ("assets", None, 0)]

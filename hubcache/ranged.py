@@ -302,9 +302,9 @@ class Parallel:
         return True
 
     def _work(self) -> Optional[_Piece]:
-        """The next piece for a connection, waiting for room. None when none is
-        left: the connection then counts as gone (in the same lock as the
-        decision, so that a piece left by another is never left to nobody)."""
+        """The next piece for a connection, waiting for room; None when none is
+        left, the connection then counted as gone under the same lock (so a
+        piece left by another is never left to nobody)."""
         with self._lock:
             while not self._closed and self._error is None:
                 piece = self._claim()
@@ -381,7 +381,10 @@ class Parallel:
             if closed:
                 return answer
             if position >= end:
-                self._measured(piece.got - first, time.monotonic() - began)
+                seconds = time.monotonic() - began
+                if piece.got - first >= MIN_PIECE and seconds > 0:
+                    with self._lock:  # the rate pieces are sized by, smoothed
+                        self._rate = 0.7 * self._rate + 0.3 * (piece.got - first) / seconds
                 if answer is not None and not answer.open_ended:
                     transport.close_response(answer.response)  # read to its end, it stays in the pool
                     answer = None
@@ -412,14 +415,11 @@ class Parallel:
 
     def _read(self, answer: _Answer, piece: _Piece) -> Optional[str]:
         """One read from ``answer`` into ``piece``, never past its end (an answer
-        with no end then goes on into the next piece, if this connection gets
-        it); what went wrong, or None.
-
-        A whole read of a tenth of a second's worth, not what has arrived
-        (read1, as the single stream does): with many connections, a thread
-        woken and handing on bytes per packet costs more than the bytes
-        (measured: 1 GiB over 16 connections, 4.3 s against 4.9 s). What a
-        failed read had received is asked for again; it is a tenth of a second."""
+        with no end may go on into the next piece); what went wrong, or None.
+        A whole read of a tenth of a second's worth, not what has arrived (read1):
+        with many connections, handing on bytes per packet costs more than the
+        bytes (1 GiB over 16 connections: 4.3 s against 4.9 s). What a failed read
+        had received is asked for again."""
         size = max(64 << 10, min(READ_SIZE, int(self._rate / 10)))
         try:
             data = answer.response.raw.read(min(size, answer.skip + piece.left()), decode_content=False)
@@ -441,11 +441,6 @@ class Parallel:
                 self._data.notify()
         answer.position += len(data)
         return None
-
-    def _measured(self, n: int, seconds: float) -> None:
-        if n >= MIN_PIECE and seconds > 0:
-            with self._lock:
-                self._rate = 0.7 * self._rate + 0.3 * n / seconds
 
     def _request(self, transport: Transport, start: int, end: int) -> _Answer:
         """An answer that holds bytes [start, end) (after bytes to skip, from a

@@ -273,10 +273,12 @@ def test_a_pinned_download_is_uploaded_while_it_downloads(hub, tier, server, buc
     archive = fake_saved_model(seed=6, size=28 << 20)
     sha = hashlib.sha256(archive).hexdigest()
     blob = hub.publish_tfhub(HANDLE_PATH, archive)
-    hub.storage.fault(blob, bytes_per_second=7 << 20)  # about 4 s on the wire
+    hub.storage.fault(blob, bytes_per_second=7 << 20)  # about 4 s on the wire...
+    env = child_env(node(tier, tmp_path / "node"))
+    env["HUBCACHE_CONNECTIONS"] = "1"  # ...on one connection (more would end it before two parts)
     proc = subprocess.Popen(
         [sys.executable, "-m", "hubcache", "resolve", handle(hub), "--sha256", sha],
-        env=child_env(node(tier, tmp_path / "node")),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
