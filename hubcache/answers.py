@@ -136,7 +136,12 @@ def if_range(etag: Optional[str]) -> Dict[str, str]:
 
 
 def check_part(
-    transport: Transport, response: requests.Response, url: str, start: int, version: Mapping[str, str], size: Any
+    transport: Transport,
+    response: requests.Response,
+    url: str,
+    start: int,
+    version: Mapping[str, str],
+    size: Optional[int],
 ) -> None:
     """Refuse an answer to a request for an object's bytes from ``start`` on (206;
     or 200, the whole object: Range ignored) that holds another version than the

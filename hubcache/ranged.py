@@ -101,8 +101,10 @@ class _Answer:
 
 
 class Parallel:
-    """The rest of an archive, from ``position`` on, over several connections.
-    ``response`` is the open answer positioned there; ``rate`` its bytes per second."""
+    """The rest of an archive, from ``position`` on, over several connections:
+    :meth:`start`, iterate :meth:`chunks` once, :meth:`close`. ``response`` is
+    the open answer positioned there, ``rate`` its bytes per second, ``version``
+    the first answer's headers."""
 
     def __init__(
         self,
