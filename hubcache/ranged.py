@@ -9,9 +9,8 @@ on strictly in order, so hashes and the extractor see one stream, as before.
 
 - **Memory:** pieces are claimed only within WINDOW bytes of what the consumer
   took: at most WINDOW bytes wait, whatever the archive's size.
-- **Connections:** FIRST at once, then twice as many every few TICKs while the
-  consumer waits for bytes, up to ``HUBCACHE_CONNECTIONS``, until a doubling no
-  longer raises the rate by GAIN.
+- **Connections:** as many as :mod:`hubcache.growth` says: 4 at once, then
+  twice as many while the consumer waits for bytes and that raises the rate.
 - **Pieces** last about PIECE_SECONDS at a connection's rate: long against a
   round trip, short against the window. A connection without work splits the
   piece that holds things up (the one the consumer waits on, or at the end),
@@ -32,7 +31,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Deque, Iterator, List, Mapping, Optional, Tuple
+from typing import Deque, Iterator, List, Mapping, Optional
 
 import requests
 
@@ -46,6 +45,7 @@ from .answers import (
 )
 from .cancel import Cancellation, shutdown
 from .errors import DownloadError, HubcacheError
+from .growth import FIRST, TICK, Growth
 from .transport import Transport, http_error, reason
 
 log = logging.getLogger("hubcache")
@@ -54,10 +54,6 @@ WINDOW = 64 << 20  # the most bytes claimed ahead of the consumer: the buffer's 
 MIN_PIECE = 1 << 20  # smaller pieces would spend more on requests than on bytes
 PIECE_SECONDS = 1.0  # a piece's length in time at its connection's rate
 READ_SIZE = 1 << 20  # most bytes per network read, as download.CHUNK_SIZE
-FIRST = 4  # connections once a single stream turned out network-bound
-TICK = 0.25  # seconds between two looks at the consumer's waits
-STARVED = 0.3  # share of a tick spent waiting for bytes that calls for more connections
-GAIN = 1.3  # how much more a doubling must bring for the next to be tried (per-flow caps: 2x)
 STALLED = 1.0  # seconds without bytes after which a piece the consumer waits on is taken over
 _EXPIRED = frozenset({401, 403, 404, 410})  # what a signed URL answers once it expired
 
@@ -125,7 +121,6 @@ class Parallel:
         self._version = version  # the first answer's headers: every piece must be of its version
         self._if_range = if_range(version.get("ETag"))
         self._size = size
-        self._cap = transport.settings.connections
         lock = threading.Lock()
         self._lock = lock
         self._data = threading.Condition(lock)  # the consumer waits here for bytes
@@ -137,7 +132,6 @@ class Parallel:
         self._rate = max(rate, float(MIN_PIECE))  # bytes per second per connection, smoothed
         self._error: Optional[BaseException] = None
         self._closed = False
-        self._growing = True
         self._threads: List[threading.Thread] = []
         # The connections' own: closing stops them all, even one waiting out a Retry-After.
         self._cancellation = Cancellation(transport.settings.cancellation)
@@ -145,10 +139,7 @@ class Parallel:
         self._alive = 0  # connections running
         self._starving = False  # the consumer waits for the head piece
         # The consumer's measures, for adding connections (its thread only).
-        self._marks: Deque[Tuple[float, int]] = collections.deque([(time.monotonic(), 0)], maxlen=3)
-        self._waited = 0.0
-        self._grew_at: Optional[float] = None  # the rate before the last doubling...
-        self._ticks_since_growth = 0  # ...and the ticks since
+        self._growth = Growth(transport.settings.connections)
         self._position = position
 
     def start(self) -> None:
@@ -180,46 +171,19 @@ class Parallel:
                     self._room.notify_all()  # (a connection without work may split the head)
                     self._data.wait(TICK)
                     self._starving = False
-                    self._waited += time.monotonic() - began
+                    self._growth.waited += time.monotonic() - began
                 self._taken += len(data)
                 if self._taken >= head.end:
                     self._pieces.popleft()
                     self._room.notify_all()
             yield data
-            self._tick()
-
-    def _tick(self) -> None:
-        """Add connections while the consumer waits for bytes and they raise the rate."""
-        now = time.monotonic()
-        if now - self._marks[-1][0] < TICK:
-            return
-        # Rates of arrival, not the consumer's (which waits on the head piece and
-        # moves in bursts), over two ticks: one is too noisy on a lossy link.
-        self._marks.append((now, self._arrived))
-        starved = self._waited > STARVED * (now - self._marks[-2][0])
-        self._waited = 0.0
-        then, arrived = self._marks[0]
-        rate = (self._arrived - arrived) / (now - then)
-        if not self._growing or len(self._threads) >= self._cap:
-            return
-        if self._grew_at is not None:
-            self._ticks_since_growth += 1
-            if self._ticks_since_growth < 3:  # new connections ramp up: judge the two ticks after
-                return
-            if rate < self._grew_at * GAIN:
-                self._growing = False
-                log.debug(
-                    "%s: %d connections; more did not raise the rate (%.1f MB/s before, %.1f after)",
-                    self._handle, len(self._threads), self._grew_at / 1e6, rate / 1e6,
-                )  # fmt: skip
-                return
-        if starved:
-            self._grew_at, self._ticks_since_growth = rate, 0
-            self._grow(len(self._threads))
-            log.debug("%s: %d connections, at %.1f MB/s", self._handle, len(self._threads), rate / 1e6)
+            more, why = self._growth.more(self._arrived, len(self._threads))
+            self._grow(more)
+            if why:
+                log.debug("%s: %d connections, %s", self._handle, len(self._threads), why)
 
     def _grow(self, more: int) -> None:
-        for _ in range(min(self._cap - len(self._threads), more)):
+        for _ in range(min(self._growth.cap - len(self._threads), more)):
             self._start(None, None)
 
     def _failure(self) -> BaseException:
@@ -298,7 +262,7 @@ class Parallel:
                 return False
             piece.owned = False
             self._alive -= 1
-            self._growing = False
+            self._growth.growing = False
             self._room.notify_all()
         log.info("%s: a connection was refused (%s); going on with fewer", self._handle, e)
         return True
